@@ -1,0 +1,1 @@
+"""Pure-torch attention controllers of InvEdit (Prompt-to-Prompt; no ComfyUI imports)."""

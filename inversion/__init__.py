@@ -1,0 +1,37 @@
+"""Pure-torch inversion library of InvEdit (no ComfyUI imports).
+
+Entry points: :func:`invert` (DDIM inversion with optional EasyInv and forward warm
+start) and :func:`replay` (its exact deterministic reconstruction).
+"""
+
+from .ddim import (
+    PREDICTION_EPS,
+    PREDICTION_TYPES,
+    PREDICTION_V,
+    RULE_REFERENCE,
+    RULE_SIMPLE,
+    TIMESTEP_RULES,
+    InversionConfig,
+    InversionTrajectory,
+    invert,
+    replay,
+)
+from .easyinv import PRESETS as EASYINV_PRESETS
+from .easyinv import EasyInvConfig
+from .warm_start import WarmStartConfig
+
+__all__ = [
+    "EASYINV_PRESETS",
+    "EasyInvConfig",
+    "InversionConfig",
+    "InversionTrajectory",
+    "PREDICTION_EPS",
+    "PREDICTION_TYPES",
+    "PREDICTION_V",
+    "RULE_REFERENCE",
+    "RULE_SIMPLE",
+    "TIMESTEP_RULES",
+    "WarmStartConfig",
+    "invert",
+    "replay",
+]

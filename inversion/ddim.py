@@ -1,0 +1,249 @@
+"""Deterministic DDIM inversion and its exact replay, over any x0-denoiser.
+
+Song et al., "Denoising Diffusion Implicit Models" (ICLR 2021), eq. 12 with eta = 0, run
+backwards (Dhariwal & Nichol 2021; Mokady et al., "Null-text Inversion", CVPR 2023).
+
+Conventions (ComfyUI / k-diffusion): a state at level ``sigma`` is ``x = x0 + sigma * eps``;
+the denoiser maps ``(x [B,C,H,W], sigma [B])`` to its clean estimate ``x0 [B,C,H,W]`` (with
+guidance already applied, if any). A deterministic DDIM step between two levels is then
+one Euler step in sigma, in either direction:
+
+    x_to = x_from + (sigma_to - sigma_from) * eps_hat
+
+Inversion walks an ascending schedule ``sigmas[0] < ... < sigmas[N]``. The clean latent
+is read as the DDPM-scale state at the lowest level (``sigmas[0]``, often 0), exactly as
+diffusers' DDIMInverseScheduler reads it at ``initial_alpha_cumprod``.
+
+Two rules decide where ``eps_hat`` of step ``sigma_from -> sigma_to`` comes from:
+
+* ``"reference"`` (Prompt-to-Prompt, null-text inversion, diffusers
+  DDIMInverseScheduler): the model sees the current latent ``z_from`` at the NEXT,
+  higher level ``sigma_to``.
+* ``"simple"`` (core ComfyUI FlipSigmas + euler): the model is queried at the current
+  level ``sigma_from`` (at the model's lowest level when ``sigma_from`` is 0).
+
+For v-prediction models the reference rule converts the model's v to eps at the level of
+the state (``sigma_from``), as diffusers does; the model itself was queried at ``sigma_to``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from . import easyinv as easyinv_lib
+from . import warm_start as warm_start_lib
+from .levels import alpha_bar, as_ascending_levels, from_ddpm_scale, to_ddpm_scale
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``denoiser(x [B,C,H,W], sigma [B]) -> x0 [B,C,H,W]``."""
+
+StepCallback = Callable[[dict], None]
+"""Called after every model call with k-diffusion's keys: x, i, sigma, sigma_hat, denoised."""
+
+RULE_REFERENCE = "reference"
+RULE_SIMPLE = "simple"
+TIMESTEP_RULES = (RULE_REFERENCE, RULE_SIMPLE)
+
+PREDICTION_EPS = "eps"
+PREDICTION_V = "v"
+PREDICTION_TYPES = (PREDICTION_EPS, PREDICTION_V)
+
+
+@dataclass(frozen=True)
+class InversionConfig:
+    """How to invert.
+
+    Attributes:
+        timestep_rule: ``"reference"`` or ``"simple"`` (see the module docstring).
+        prediction_type: ``"eps"`` or ``"v"``: what the model predicts (its x0 output is
+            always used; the type only matters for the reference rule's v conversion).
+        sigma_floor: the model's lowest level (its sigma at timestep 0); needed when the
+            simple rule must query the model for a step that starts at sigma 0.
+        easyinv: EasyInv aggregation, or None.
+        warm_start: forward-diffusion warm start, or None.
+    """
+
+    timestep_rule: str = RULE_REFERENCE
+    prediction_type: str = PREDICTION_EPS
+    sigma_floor: Optional[float] = None
+    easyinv: Optional[easyinv_lib.EasyInvConfig] = None
+    warm_start: Optional[warm_start_lib.WarmStartConfig] = None
+
+    def __post_init__(self) -> None:
+        if self.timestep_rule not in TIMESTEP_RULES:
+            raise ValueError(f"timestep_rule must be one of {TIMESTEP_RULES}, got {self.timestep_rule!r}.")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}."
+            )
+
+
+@dataclass
+class InversionTrajectory:
+    """Result of an inversion.
+
+    Attributes:
+        sigmas: ``[N+1]`` ascending levels; ``sigmas[0]`` is the clean level.
+        latents: ``[N+1, B, C, H, W]``; ``latents[i]`` is the state step ``i`` moved from
+            (after any EasyInv aggregation, on the forward-diffusion path for warm-started
+            steps) and ``latents[N]`` is the inverted noise, all as ``x = x0 + sigma*eps``.
+        model_calls: number of denoiser evaluations made.
+        config: the settings used.
+    """
+
+    sigmas: torch.Tensor
+    latents: torch.Tensor
+    model_calls: int
+    config: InversionConfig = field(default_factory=InversionConfig)
+
+    @property
+    def noise(self) -> torch.Tensor:
+        """The inverted latent at the highest level, ``[B, C, H, W]``."""
+        return self.latents[-1]
+
+    @property
+    def n_steps(self) -> int:
+        return self.sigmas.numel() - 1
+
+
+def query_sigma(rule: str, sigma_from: torch.Tensor, sigma_to: torch.Tensor,
+                sigma_floor: Optional[float]) -> torch.Tensor:
+    """Level at which the model is evaluated for the inversion step ``sigma_from -> sigma_to``."""
+    if rule == RULE_REFERENCE:
+        return sigma_to
+    if float(sigma_from) > 0.0:
+        return sigma_from
+    if sigma_floor is None:
+        raise ValueError(
+            "The simple timestep rule needs the model's lowest sigma to query the first "
+            "step from sigma 0; pass sigma_floor."
+        )
+    return sigma_from.new_tensor(sigma_floor)
+
+
+def predict_eps(denoiser: Denoiser, x: torch.Tensor, sigma_from: torch.Tensor,
+                sigma_query: torch.Tensor, prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise estimate for a state ``x`` at ``sigma_from``, asking the model at ``sigma_query``.
+
+    The DDPM-scale latent ``z = x / sqrt(1 + sigma_from^2)`` is presented to the model at
+    level ``sigma_query`` (so the UNet input is exactly ``z``). Returns ``(eps, x0)``, both
+    ``[B, C, H, W]``, with ``x0 = x - sigma_from * eps`` the clean estimate this step uses.
+    """
+    batch = x.shape[0]
+    z = to_ddpm_scale(x, sigma_from)
+    x_query = from_ddpm_scale(z, sigma_query)
+    x0_query = denoiser(x_query, sigma_query * x.new_ones([batch]))
+    same_level = bool(sigma_query == sigma_from)
+    if prediction_type == PREDICTION_EPS or same_level:
+        eps = (x_query - x0_query) / sigma_query
+    else:
+        # v = sqrt(abar_q) eps - sqrt(1 - abar_q) x0 as predicted at the query level;
+        # convert it to eps at the state's own level (DDIMInverseScheduler.step).
+        abar_query = alpha_bar(sigma_query)
+        abar_from = alpha_bar(sigma_from)
+        v = (abar_query.sqrt() * z - x0_query) / (1.0 - abar_query).sqrt()
+        eps = abar_from.sqrt() * v + (1.0 - abar_from).sqrt() * z
+    return eps, x - sigma_from * eps
+
+
+def ddim_step(x: torch.Tensor, eps: torch.Tensor, sigma_from: torch.Tensor,
+              sigma_to: torch.Tensor) -> torch.Tensor:
+    """One deterministic DDIM step (eta = 0) between two levels, either direction."""
+    return x + eps * (sigma_to - sigma_from)
+
+
+def _aggregate_at(x: torch.Tensor, sigma: torch.Tensor, x_prev: torch.Tensor,
+                  sigma_prev: torch.Tensor, eta: float) -> torch.Tensor:
+    """EasyInv mixing on the DDPM scale; the result is a state at ``sigma``."""
+    mixed = easyinv_lib.aggregate(to_ddpm_scale(x, sigma), to_ddpm_scale(x_prev, sigma_prev), eta)
+    return from_ddpm_scale(mixed, sigma)
+
+
+def _warm_start_path(x_clean: torch.Tensor, levels: torch.Tensor, x_start: torch.Tensor,
+                     replaced_steps: int, seed: int) -> list[torch.Tensor]:
+    """States at levels ``0..k`` when the first ``k`` steps are replaced by forward diffusion."""
+    noise = warm_start_lib.forward_noise(x_clean.shape, seed, x_clean.dtype, x_clean.device)
+    return [x_start] + [warm_start_lib.forward_diffuse(x_clean, levels[j], noise)
+                        for j in range(1, replaced_steps + 1)]
+
+
+def invert(denoiser: Denoiser, sigmas: torch.Tensor, x_clean: torch.Tensor,
+           config: InversionConfig = InversionConfig(),
+           callback: Optional[StepCallback] = None) -> InversionTrajectory:
+    """DDIM-invert a clean latent along a sigma schedule.
+
+    Args:
+        denoiser: ``(x [B,C,H,W], sigma [B]) -> x0 [B,C,H,W]``, guidance applied inside.
+        sigmas: 1-D schedule, ascending or descending (ComfyUI SIGMAS); ``N + 1`` levels.
+        x_clean: ``[B, C, H, W]`` clean latent in the model's own (scaled) units.
+        config: timestep rule, prediction type, EasyInv and warm-start settings.
+        callback: called after each model call (progress, previews, interruption).
+
+    Returns:
+        The :class:`InversionTrajectory`; its ``noise`` regenerates ``x_clean`` under
+        :func:`replay` with the same schedule and denoiser. ``N - k`` model calls are made
+        (``k`` warm-started steps); EasyInv adds none.
+    """
+    levels = as_ascending_levels(sigmas).to(device=x_clean.device)
+    n_steps = levels.numel() - 1
+    warm = config.warm_start
+    first_step = warm.replaced_steps(n_steps) if warm is not None else 0
+    agg = config.easyinv
+    x = from_ddpm_scale(x_clean, levels[0])
+    latents: list[torch.Tensor] = []
+    x_prev, sigma_prev = None, None
+    if first_step > 0:
+        path = _warm_start_path(x_clean, levels, x, first_step, warm.seed)
+        latents, x = path[:-1], path[-1]
+        x_prev, sigma_prev = path[-2], levels[first_step - 1]
+
+    for i in range(first_step, n_steps):
+        sigma_from, sigma_to = levels[i], levels[i + 1]
+        sigma_q = query_sigma(config.timestep_rule, sigma_from, sigma_to, config.sigma_floor)
+        eps, x0_pred = predict_eps(denoiser, x, sigma_from, sigma_q, config.prediction_type)
+        aggregating = agg is not None and easyinv_lib.in_window(i, n_steps, agg)
+        if aggregating and agg.variant == easyinv_lib.AGGREGATE_INPUT and x_prev is not None:
+            x = _aggregate_at(x, sigma_from, x_prev, sigma_prev, agg.eta)
+        latents.append(x)
+        x_next = ddim_step(x, eps, sigma_from, sigma_to)
+        if aggregating and agg.variant == easyinv_lib.AGGREGATE_OUTPUT:
+            x_next = _aggregate_at(x_next, sigma_to, x, sigma_from, agg.eta)
+        x_prev, sigma_prev = x, sigma_from
+        if callback is not None:
+            callback({"x": x_next, "i": i, "sigma": sigma_to, "sigma_hat": sigma_q, "denoised": x0_pred})
+        x = x_next
+
+    latents.append(x)
+    return InversionTrajectory(sigmas=levels, latents=torch.stack(latents), model_calls=n_steps - first_step,
+                               config=config)
+
+
+def replay(denoiser: Denoiser, sigmas: torch.Tensor, x_noise: torch.Tensor,
+           callback: Optional[StepCallback] = None) -> torch.Tensor:
+    """Deterministic DDIM sampling (eta = 0) down a schedule: the reconstruction of :func:`invert`.
+
+    Args:
+        denoiser: ``(x [B,C,H,W], sigma [B]) -> x0 [B,C,H,W]``.
+        sigmas: 1-D schedule, ascending or descending; it is walked from high to low.
+        x_noise: ``[B, C, H, W]`` state at the highest level.
+        callback: called after each model call.
+
+    Returns:
+        ``[B, C, H, W]``: the DDPM-scale latent at the lowest level, i.e. the clean latent
+        when the schedule ends at 0. Each step is computed exactly as ComfyUI's euler
+        sampler computes it, so a schedule ending at 0 reproduces stock ``ddim`` bit for bit.
+    """
+    levels = as_ascending_levels(sigmas).flip(0).to(device=x_noise.device)
+    x = x_noise
+    unit = x.new_ones([x.shape[0]])
+    for i in range(levels.numel() - 1):
+        sigma, sigma_next = levels[i], levels[i + 1]
+        x0_pred = denoiser(x, sigma * unit)
+        slope = (x - x0_pred) / sigma
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x0_pred})
+        x = x + slope * (sigma_next - sigma)
+    return to_ddpm_scale(x, levels[-1])

@@ -1,0 +1,14 @@
+"""ComfyUI V3 adapters of InvEdit: the only package that imports ComfyUI."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .inversion_nodes import NODES as INVERSION_NODES
+
+
+class InvEditExtension(ComfyExtension):
+    """Lists every InvEdit node for ComfyUI."""
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [*INVERSION_NODES]

@@ -1,0 +1,177 @@
+"""The few places where InvEdit touches ComfyUI internals.
+
+Everything here unpacks a ComfyUI value (MODEL, LATENT, sampler arguments) into plain
+tensors and settings for the pure-torch library, or wraps a library function as a
+ComfyUI sampler. No maths lives here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from ..inversion import PREDICTION_EPS, PREDICTION_V, InversionConfig, invert, replay
+
+
+class InvEditInputError(ValueError):
+    """A user-facing error: the message says what to change in the graph."""
+
+
+def prediction_type(model) -> str:
+    """``"eps"`` or ``"v"`` for a discrete-schedule model; a clear error for anything else.
+
+    ``model`` is a ComfyUI MODEL (ModelPatcher).
+    """
+    sampling = model.get_model_object("model_sampling")
+    if not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete):
+        raise InvEditInputError(
+            f"InvEdit's DDIM inversion needs a model with a discrete DDPM schedule (SD1.x, SD2.x, "
+            f"SDXL); this model samples with {type(sampling).__name__}. Flow-matching models "
+            "(SD3, Flux) and continuous EDM models cannot be inverted this way. If you patched "
+            "the model with ModelSamplingDiscrete, keep eps or v_prediction."
+        )
+    if isinstance(sampling, comfy.model_sampling.V_PREDICTION):
+        return PREDICTION_V
+    if isinstance(sampling, comfy.model_sampling.EPS) and not isinstance(
+        sampling, (comfy.model_sampling.EDM, comfy.model_sampling.CONST)
+    ):
+        return PREDICTION_EPS
+    raise InvEditInputError(
+        f"Unsupported prediction type {type(sampling).__name__}: InvEdit inverts eps- and "
+        "v-prediction models. Remove ModelSampling patches that switch to EDM or flow."
+    )
+
+
+def lowest_sigma(model) -> float:
+    """The model's lowest noise level (its sigma at timestep 0)."""
+    return float(model.get_model_object("model_sampling").sigma_min)
+
+
+def check_latent(model, latent: dict) -> torch.Tensor:
+    """Return ``latent["samples"]`` after checking it fits ``model``; never modifies it."""
+    samples = latent.get("samples")
+    if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
+        raise InvEditInputError(
+            "The LATENT must hold a 4-D 'samples' tensor [batch, channels, height, width]: "
+            "connect a VAE Encode output (video latents are not supported)."
+        )
+    channels = model.get_model_object("latent_format").latent_channels
+    if samples.shape[1] != channels:
+        raise InvEditInputError(
+            f"The latent has {samples.shape[1]} channels but this model expects {channels}: "
+            "encode the image with this model's own VAE (a latent from another model family "
+            "cannot be inverted)."
+        )
+    if latent.get("noise_mask") is not None:
+        raise InvEditInputError(
+            "The LATENT carries a noise mask (from Set Latent Noise Mask / inpainting). Inversion "
+            "works on the whole latent: remove the mask before inverting."
+        )
+    if not bool(torch.isfinite(samples).all()):
+        raise InvEditInputError("The latent contains NaN or infinite values: check the VAE Encode input.")
+    return samples
+
+
+def check_inversion_fits(model, noise: torch.Tensor) -> None:
+    """Refuse an INVERSION made with a model of another latent family."""
+    channels = model.get_model_object("latent_format").latent_channels
+    if noise.shape[1] != channels:
+        raise InvEditInputError(
+            f"This inversion holds {noise.shape[1]}-channel latents but the model expects {channels}: "
+            "reconstruct with the model the image was inverted with."
+        )
+
+
+def schedule(model, scheduler: str, steps: int) -> torch.Tensor:
+    """ComfyUI's own descending sigmas for ``scheduler`` and ``steps`` (as KSampler makes them)."""
+    if scheduler not in comfy.samplers.SCHEDULER_NAMES:
+        raise InvEditInputError(f"Unknown scheduler {scheduler!r}; pick one of {comfy.samplers.SCHEDULER_NAMES}.")
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
+    return sigmas.cpu().float()
+
+
+def check_deterministic_start(model_k, extra_args: dict, what: str) -> None:
+    """Refuse added noise or an inpainting mask inside a deterministic InvEdit sampler.
+
+    ``model_k`` is the KSamplerX0Inpaint wrapper ComfyUI passes to a KSAMPLER function.
+    """
+    noise = getattr(model_k, "noise", None)
+    if noise is not None and bool(torch.count_nonzero(noise) > 0):
+        raise InvEditInputError(
+            f"{what} is deterministic and must start from the latent as it is: set add_noise to "
+            "disable, or connect a Disable Noise node to SamplerCustomAdvanced's noise input."
+        )
+    if extra_args.get("denoise_mask") is not None:
+        raise InvEditInputError(
+            f"{what} cannot use a latent noise mask; remove Set Latent Noise Mask from the graph."
+        )
+
+
+def step_callback(callback: Optional[Callable[[dict], None]]) -> Callable[[dict], None]:
+    """Wrap a k-diffusion style callback so every step also honours ComfyUI's interrupt."""
+
+    def on_step(info: dict) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        if callback is not None:
+            callback(info)
+
+    return on_step
+
+
+def bound_denoiser(model_k, extra_args: dict) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(x, sigma) -> x0`` from the wrapped guider ComfyUI passes to a KSAMPLER function."""
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return model_k(x, sigma, **extra_args)
+
+    return denoise
+
+
+def sample_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                     config: InversionConfig = InversionConfig(), trajectory_sink: Optional[list] = None):
+    """KSAMPLER function: DDIM inversion of ``x`` along ``sigmas`` (ascending or descending).
+
+    Returns the inverted noise ``[B,C,H,W]``; when ``trajectory_sink`` is a list, the
+    :class:`InversionTrajectory` is appended to it.
+    """
+    extra_args = {} if extra_args is None else extra_args
+    check_deterministic_start(model, extra_args, "The InvEdit inversion sampler")
+    trajectory = invert(bound_denoiser(model, extra_args), sigmas, x, config, step_callback(callback))
+    if trajectory_sink is not None:
+        trajectory_sink.append(trajectory)
+    return trajectory.noise
+
+
+def sample_replay(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """KSAMPLER function: deterministic DDIM (eta 0) down ``sigmas``, exact inverse of the inversion.
+
+    Ends at the schedule's last level (0, or the model's lowest level when the inversion
+    started there) and returns the clean latent.
+    """
+    extra_args = {} if extra_args is None else extra_args
+    check_deterministic_start(model, extra_args, "The InvEdit replay sampler")
+    return replay(bound_denoiser(model, extra_args), sigmas, x, step_callback(callback))
+
+
+def run_sampler(model, positive, negative, cfg: float, latent: torch.Tensor, sampler_function,
+                sigmas: torch.Tensor, extra_options: Optional[dict[str, Any]] = None,
+                preview: bool = True) -> torch.Tensor:
+    """Sample through ComfyUI's own CFGGuider (conds, patches, latent scaling, progress bar).
+
+    ``latent`` is in raw VAE-latent units and so is the result; no noise is added.
+    """
+    sampler = comfy.samplers.KSAMPLER(sampler_function, extra_options=extra_options or {})
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    steps = sigmas.numel() - 1
+    callback = latent_preview.prepare_callback(model, steps) if preview else None
+    return guider.sample(torch.zeros_like(latent), latent, sampler, sigmas, callback=callback,
+                         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0)

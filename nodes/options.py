@@ -1,0 +1,96 @@
+"""Widgets shared by the inversion node and the inversion SAMPLER, and their unpacking."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..inversion import EASYINV_PRESETS, RULE_REFERENCE, TIMESTEP_RULES, EasyInvConfig, InversionConfig, WarmStartConfig
+from ..inversion.easyinv import VARIANTS as EASYINV_VARIANTS
+from .host import InvEditInputError, lowest_sigma, prediction_type
+
+EASYINV_OFF = "off"
+EASYINV_CUSTOM = "custom"
+EASYINV_CHOICES = [EASYINV_OFF, *EASYINV_PRESETS, EASYINV_CUSTOM]
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+
+
+def inversion_option_inputs() -> list:
+    """Inputs for timestep rule, EasyInv and forward warm start (same on every inversion node)."""
+    default_custom = EASYINV_PRESETS["SD1.x"]
+    return [
+        io.Combo.Input(
+            "timestep_rule", options=list(TIMESTEP_RULES), default=RULE_REFERENCE,
+            tooltip="reference: the model sees the current latent at the next, higher timestep "
+                    "(Prompt-to-Prompt, null-text, diffusers DDIMInverseScheduler; lower error). "
+                    "simple: the model is queried at the current timestep (what FlipSigmas + euler does).",
+        ),
+        io.Combo.Input(
+            "easyinv", options=EASYINV_CHOICES, default=EASYINV_OFF,
+            tooltip="EasyInv latent aggregation (ICML 2025): z = eta*z + (1-eta)*z_prev inside an early "
+                    "window of the inversion, no extra model calls. Presets: SD1.x eta 0.5, window 0.05+0.2; "
+                    "SDXL eta 0.8, window 0.85+0.1. 'custom' uses the three values below.",
+        ),
+        io.Float.Input("easyinv_eta", default=default_custom.eta, min=0.0, max=1.0, step=0.01,
+                       tooltip="custom EasyInv: weight of the current latent (1 = no aggregation)."),
+        io.Float.Input("easyinv_start", default=default_custom.start, min=0.0, max=1.0, step=0.01,
+                       tooltip="custom EasyInv: window start, as a fraction of the steps."),
+        io.Float.Input("easyinv_length", default=default_custom.length, min=0.0, max=1.0, step=0.01,
+                       tooltip="custom EasyInv: window length, as a fraction of the steps."),
+        io.Combo.Input(
+            "easyinv_variant", options=list(EASYINV_VARIANTS), default=EASYINV_VARIANTS[0],
+            tooltip="input: aggregate the latent each step moves from, model queried before mixing "
+                    "(official SD1.4 code). output: aggregate each step's result, so the next model call "
+                    "sees the mixed latent (official short example).",
+        ),
+        io.Int.Input(
+            "warm_start_steps", default=0, min=0, max=1000,
+            tooltip="Forward-diffusion warm start ('There and Back Again'): replace the first k inversion "
+                    "steps by forward diffusion with its own seed. Decorrelates the latent and makes edits "
+                    "stochastic. The paper uses 2 of 50. 0 = off.",
+        ),
+        io.Float.Input(
+            "warm_start_fraction", default=0.0, min=0.0, max=0.5, step=0.01,
+            tooltip="Alternative to warm_start_steps: the fraction of steps to replace (0.04 = 2 of 50). "
+                    "Used only when warm_start_steps is 0.",
+        ),
+        io.Int.Input("warm_start_seed", default=0, min=0, max=SEED_MAX, control_after_generate=False,
+                     tooltip="Seed of the warm start's forward noise; different seeds give different "
+                             "inversions (and edits) of the same image."),
+    ]
+
+
+def easyinv_config(easyinv: str, eta: float, start: float, length: float, variant: str) -> EasyInvConfig | None:
+    """EasyInv settings from the widgets (None when off)."""
+    if easyinv == EASYINV_OFF:
+        return None
+    if easyinv == EASYINV_CUSTOM:
+        return EasyInvConfig(eta=eta, start=start, length=length, variant=variant)
+    if easyinv not in EASYINV_PRESETS:
+        raise InvEditInputError(f"Unknown EasyInv choice {easyinv!r}; pick one of {EASYINV_CHOICES}.")
+    preset = EASYINV_PRESETS[easyinv]
+    return EasyInvConfig(eta=preset.eta, start=preset.start, length=preset.length, variant=variant)
+
+
+def warm_start_config(steps: int, fraction: float, seed: int) -> WarmStartConfig | None:
+    """Warm-start settings from the widgets (None when off)."""
+    if steps == 0 and fraction == 0.0:
+        return None
+    return WarmStartConfig(steps=steps, fraction=fraction, seed=seed)
+
+
+def inversion_config(model, timestep_rule: str, easyinv: str, easyinv_eta: float,
+                     easyinv_start: float, easyinv_length: float, easyinv_variant: str,
+                     warm_start_steps: int, warm_start_fraction: float, warm_start_seed: int) -> InversionConfig:
+    """The library's :class:`InversionConfig` from the shared widgets and the model."""
+    try:
+        return InversionConfig(
+            timestep_rule=timestep_rule,
+            prediction_type=prediction_type(model),
+            sigma_floor=lowest_sigma(model),
+            easyinv=easyinv_config(easyinv, easyinv_eta, easyinv_start, easyinv_length, easyinv_variant),
+            warm_start=warm_start_config(warm_start_steps, warm_start_fraction, warm_start_seed),
+        )
+    except InvEditInputError:
+        raise
+    except ValueError as error:
+        raise InvEditInputError(str(error)) from error
