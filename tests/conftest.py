@@ -1,0 +1,72 @@
+"""Test set-up shared by every tier: the repository is importable as the package ``invedit``.
+
+The repository root is itself the node pack's package (ComfyUI imports its ``__init__.py``), so
+tests import it as ``invedit`` (``from invedit.inversion import ...``). The root is never put on
+``sys.path``: its ``nodes/`` folder would shadow ComfyUI's top-level ``nodes`` module.
+
+Run the suite with ``bash scripts/run-tests.sh``; it builds the environment the host tier needs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_NAME = "invedit"
+DEFAULT_SEED = 0
+
+
+def _drop_repo_root_from_sys_path() -> None:
+    """Remove the repository root (or the cwd, when it is the root) from ``sys.path``."""
+    cwd = Path.cwd().resolve()
+
+    def is_root(entry: str) -> bool:
+        path = cwd if entry in ("", ".") else Path(entry)
+        try:
+            return path.resolve() == REPO_ROOT
+        except OSError:
+            return False
+
+    sys.path[:] = [entry for entry in sys.path if not is_root(entry)]
+
+
+def _register_package() -> None:
+    """Import the repository root as the package ``invedit`` (once per process)."""
+    if PACKAGE_NAME in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(
+        PACKAGE_NAME, REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE_NAME] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[PACKAGE_NAME]
+        raise
+
+
+_drop_repo_root_from_sys_path()
+_register_package()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def torch_threads() -> int:
+    """Use at most 2 CPU threads (INVEDIT_TEST_THREADS overrides): the suite must behave on small
+    shared machines."""
+    threads = int(os.environ.get("INVEDIT_TEST_THREADS") or min(2, os.cpu_count() or 1))
+    torch.set_num_threads(threads)
+    return threads
+
+
+@pytest.fixture(autouse=True)
+def torch_seed() -> int:
+    """Seed torch's global generator before every test, so no test depends on the order."""
+    torch.manual_seed(DEFAULT_SEED)
+    return DEFAULT_SEED
