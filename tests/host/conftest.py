@@ -6,6 +6,10 @@ server: CLI args with ``cpu`` and a temporary ``base_directory``, ComfyUI's core
 loader (``nodes.load_custom_node``), then the test-only helper nodes below (ids ``InvEditTest*``).
 Doing it at import time lets test modules use ``nodes.NODE_CLASS_MAPPINGS`` while collecting.
 
+Graph building and running live in comfy_graph.py (``from comfy_graph import Graph,
+GraphExecutionError, GraphValidationError``); never ``from conftest import ...``: tests/unit has
+a conftest too, and the name is ambiguous.
+
 Fixtures (see each docstring):
     graph                  a new :class:`Graph`, to build an API-format prompt
     run_graph(g)           validate + execute with ComfyUI's PromptExecutor -> captured values
@@ -25,12 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import copy
 import os
 import shutil
 import sys
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -41,7 +43,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST_TESTS_DIR = Path(__file__).resolve().parent
 PACK_NODE_PREFIX = "InvEdit"
 TEST_NODE_PREFIX = "InvEditTest"
-CLIENT_ID = "invedit-tests"
 
 
 def _comfyui_path() -> Path:
@@ -87,38 +88,10 @@ folder_paths.set_output_directory(comfy_args.output_directory)
 folder_paths.set_temp_directory(comfy_args.temp_directory)
 folder_paths.set_input_directory(comfy_args.input_directory)
 
-import execution  # noqa: E402
 import nodes  # noqa: E402
-import server  # noqa: E402
 
 import tiny_models  # noqa: E402
-
-
-class ServerStub:
-    """Stands in for ComfyUI's PromptServer: records what the executor sends."""
-
-    def __init__(self) -> None:
-        self.client_id: str | None = None
-        self.last_node_id: str | None = None
-        self.last_prompt_id: str | None = None
-        self.sockets_metadata: dict = {}
-        self.messages: list[tuple[Any, Any]] = []
-        self.progress_texts: list[tuple[str, Any]] = []
-
-    def send_sync(self, event, data, sid=None) -> None:
-        self.messages.append((event, data))
-
-    def send_progress_text(self, text, node_id, sid=None) -> None:
-        self.progress_texts.append((text, node_id))
-
-    def queue_updated(self) -> None:
-        pass
-
-
-SERVER = ServerStub()
-if getattr(server.PromptServer, "instance", None) is None:
-    # Nodes that report progress text reach the server through PromptServer.instance.
-    server.PromptServer.instance = SERVER
+from comfy_graph import CAPTURED, SERVER, Graph, GraphResult, ServerStub, run_prompt  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,10 +111,6 @@ ANY = AnyType("*")
 ARCH_INPUT = (list(tiny_models.ARCHS), {"default": "sd15"})
 SEED_INPUT = ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})
 TEST_CATEGORY = "InvEdit/testing"
-
-# Values received by InvEditTestCapture nodes during the current run_graph call, by key.
-_CAPTURED: dict[str, Any] = {}
-
 
 class InvEditTestTinyModel:
     """MODEL: a tiny real model (cached per arch and seed, shared by every graph)."""
@@ -220,9 +189,9 @@ class InvEditTestCapture:
         return float("nan")
 
     def capture(self, value, key):
-        if key in _CAPTURED:
+        if key in CAPTURED:
             raise ValueError(f"two InvEditTestCapture nodes use the key {key!r}")
-        _CAPTURED[key] = value
+        CAPTURED[key] = value
         return ()
 
 
@@ -288,114 +257,6 @@ def pack_nodes(pack_loaded: list[str]) -> dict[str, type]:
 
 # ---------------------------------------------------------------------------------------------
 # Building and running API-format prompts.
-
-
-@dataclass(frozen=True)
-class NodeRef:
-    """A node of a :class:`Graph`; ``ref.out(i)`` (or ``ref[i]``) is a link to its output i."""
-
-    node_id: str
-
-    def out(self, index: int = 0) -> list:
-        return [self.node_id, index]
-
-    def __getitem__(self, index: int) -> list:
-        return self.out(index)
-
-
-class Graph:
-    """Builds an API-format prompt ``{"1": {"class_type": ..., "inputs": {...}}}``.
-
-    ``g.node(class_type, **inputs)`` adds a node and returns its :class:`NodeRef`; an input that
-    is a NodeRef links to that node's output 0, ``ref.out(i)`` to output i; anything else is a
-    widget value. ``g.capture(key, value)`` adds an InvEditTestCapture node whose value
-    ``run_graph`` returns under ``key``. Input names that are not Python identifiers:
-    ``g.node("X", **{"class": 1})``.
-    """
-
-    def __init__(self) -> None:
-        self.prompt: dict[str, dict] = {}
-
-    def node(self, class_type: str, /, **inputs: Any) -> NodeRef:
-        node_id = str(len(self.prompt) + 1)
-        self.prompt[node_id] = {
-            "class_type": class_type,
-            "inputs": {name: value.out(0) if isinstance(value, NodeRef) else value for name, value in inputs.items()},
-        }
-        return NodeRef(node_id)
-
-    def capture(self, key: str, value: NodeRef | list) -> NodeRef:
-        return self.node("InvEditTestCapture", key=key, value=value)
-
-
-class GraphResult(dict):
-    """Captured values by key, plus ``messages`` (what the executor sent) and ``ui`` outputs."""
-
-    def __init__(self, captured: dict, messages: list, ui: dict) -> None:
-        super().__init__(captured)
-        self.messages = messages
-        self.ui = ui
-
-
-class GraphValidationError(AssertionError):
-    """ComfyUI refused the prompt (``execution.validate_prompt``)."""
-
-
-class GraphExecutionError(AssertionError):
-    """A node raised while ComfyUI executed the prompt."""
-
-    def __init__(self, message: str, details: dict) -> None:
-        super().__init__(message)
-        self.details = details
-        self.node_type = details.get("node_type")
-        self.exception_type = details.get("exception_type")
-        self.exception_message = details.get("exception_message")
-
-
-def _validation_message(error: dict, node_errors: dict) -> str:
-    lines = [f"ComfyUI rejected the prompt: {error['message'] if error else 'node errors'}"]
-    if error and error.get("details"):
-        lines.append(str(error["details"]))
-    for node_id, info in node_errors.items():
-        for reason in info["errors"]:
-            lines.append(f"  node {node_id} ({info['class_type']}): {reason['message']}: {reason.get('details', '')}")
-    return "\n".join(lines)
-
-
-def run_prompt(prompt: Graph | dict, server_stub: ServerStub = SERVER) -> GraphResult:
-    """Validate and execute an API-format prompt with a fresh ``PromptExecutor`` (no cache).
-
-    Raises GraphValidationError / GraphExecutionError (both AssertionErrors) carrying
-    ComfyUI's own message; returns the values the InvEditTestCapture nodes received.
-    """
-    if isinstance(prompt, Graph):
-        prompt = prompt.prompt
-    prompt = copy.deepcopy(prompt)
-    prompt_id = uuid.uuid4().hex
-    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
-    if not valid or node_errors:
-        raise GraphValidationError(_validation_message(error, node_errors))
-
-    _CAPTURED.clear()
-    server_stub.messages.clear()
-    server_stub.progress_texts.clear()
-    executor = execution.PromptExecutor(server_stub, cache_type=execution.CacheType.CLASSIC)
-    try:
-        executor.execute(prompt, prompt_id, {"client_id": CLIENT_ID}, outputs)
-    finally:
-        server_stub.client_id = None
-    events = {event: data for event, data in executor.status_messages}
-    if "execution_error" in events or "execution_interrupted" in events or "execution_success" not in events:
-        details = events.get("execution_error") or events.get("execution_interrupted") or {}
-        message = (
-            f"node {details.get('node_id')} ({details.get('node_type')}) failed: "
-            f"{details.get('exception_type')}: {details.get('exception_message')}\n"
-            + "".join(details.get("traceback") or [])
-        )
-        raise GraphExecutionError(message, details)
-    captured = dict(_CAPTURED)
-    _CAPTURED.clear()
-    return GraphResult(captured, list(server_stub.messages), executor.history_result["outputs"])
 
 
 @pytest.fixture

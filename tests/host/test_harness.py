@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from comfy_graph import GraphExecutionError, GraphValidationError
 from tiny_models import ARCHS, ModelSnapshot, context_dim
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -135,15 +136,26 @@ def test_tiny_denoiser_depends_on_x_sigma_and_context(arch, tiny_model, tiny_con
         assert (changed - base).abs().mean() > 1e-3
 
 
+def test_sampler_progress_reaches_the_server(run_graph, graph):
+    sample_graph(graph, "sd15", seed=1)
+    [sampler_id] = [node_id for node_id, node in graph.prompt.items() if node["class_type"] == "KSamplerAdvanced"]
+    result = run_graph(graph)
+    progress = [data for event, data in result.messages if event == "progress" and data["node"] == sampler_id]
+    assert [data["value"] for data in progress] == list(range(1, SAMPLE_STEPS + 1))
+    assert {data["max"] for data in progress} == {SAMPLE_STEPS}
+
+
 def test_failing_graph_reports_comfyui_error(run_graph, graph):
     latent = graph.node("InvEditTestLatent", arch="sd15", seed=0, batch=1, height=8, width=8)
     graph.capture("a", latent)
     graph.capture("a", latent)
-    with pytest.raises(AssertionError, match="two InvEditTestCapture nodes use the key 'a'"):
+    with pytest.raises(GraphExecutionError, match="two InvEditTestCapture nodes use the key 'a'") as failure:
         run_graph(graph)
+    assert failure.value.node_type == "InvEditTestCapture"
+    assert failure.value.exception_type == "ValueError"
 
 
 def test_invalid_graph_reports_validation_error(run_graph, graph):
     graph.capture("x", graph.node("InvEditTestLatent", arch="not-an-arch", seed=0))
-    with pytest.raises(AssertionError, match="not-an-arch"):
+    with pytest.raises(GraphValidationError, match="not-an-arch"):
         run_graph(graph)
