@@ -4,6 +4,8 @@
 # default `tests`, e.g.
 #   bash scripts/run-tests.sh tests/unit -k ddim
 # The first run builds the test venv (a few minutes); see scripts/env.sh for the knobs.
+# INVEDIT_TEST_THREADS (default 1) sets torch's thread count, INVEDIT_TEST_TIMEOUT (default 900)
+# the per-test time limit in seconds.
 set -euo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh" || exit 1
@@ -16,9 +18,6 @@ for arg in "$@"; do
     break
   fi
 done
-# With other processes on a 2-core machine, spinning OpenMP workers slow these small tensors
-# down 10-30x (measured); passive waiting avoids that. The tests set the thread count.
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 # PYTHONSAFEPATH: `python -m` would otherwise put the repo root on sys.path, where its nodes/
 # folder shadows ComfyUI's nodes module.
 status=0
