@@ -92,6 +92,7 @@ class DDIMInversion(io.ComfyNode):
             settings={
                 "steps": steps, "scheduler": scheduler, "inversion_cfg": inversion_cfg,
                 "clean_level": clean_level, "timestep_rule": config.timestep_rule,
+                "v_conversion": config.v_conversion,
                 "prediction_type": config.prediction_type, "model_calls": trajectory.model_calls,
                 "easyinv": None if config.easyinv is None else asdict(config.easyinv),
                 "warm_start": None if config.warm_start is None else asdict(config.warm_start),

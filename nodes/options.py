@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..inversion import EASYINV_PRESETS, RULE_REFERENCE, TIMESTEP_RULES, EasyInvConfig, InversionConfig, WarmStartConfig
+from ..inversion import (
+    EASYINV_PRESETS,
+    RULE_REFERENCE,
+    RULE_SIMPLE,
+    V_CONVERSION_QUERY,
+    V_CONVERSION_STATE,
+    EasyInvConfig,
+    InversionConfig,
+    WarmStartConfig,
+)
 from ..inversion.easyinv import VARIANTS as EASYINV_VARIANTS
 from .host import InvEditInputError, lowest_sigma, prediction_type
 
@@ -12,6 +21,13 @@ EASYINV_OFF = "off"
 EASYINV_CUSTOM = "custom"
 EASYINV_CHOICES = [EASYINV_OFF, *EASYINV_PRESETS, EASYINV_CUSTOM]
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
+RULE_REFERENCE_DIFFUSERS_V = "reference (diffusers v)"
+# Widget choice -> (timestep rule, v-prediction conversion) of the library.
+RULE_CHOICES = {
+    RULE_REFERENCE: (RULE_REFERENCE, V_CONVERSION_QUERY),
+    RULE_SIMPLE: (RULE_SIMPLE, V_CONVERSION_QUERY),
+    RULE_REFERENCE_DIFFUSERS_V: (RULE_REFERENCE, V_CONVERSION_STATE),
+}
 
 
 def inversion_option_inputs() -> list:
@@ -19,10 +35,13 @@ def inversion_option_inputs() -> list:
     default_custom = EASYINV_PRESETS["SD1.x"]
     return [
         io.Combo.Input(
-            "timestep_rule", options=list(TIMESTEP_RULES), default=RULE_REFERENCE,
+            "timestep_rule", options=list(RULE_CHOICES), default=RULE_REFERENCE,
             tooltip="reference: the model sees the current latent at the next, higher timestep "
                     "(Prompt-to-Prompt, null-text, diffusers DDIMInverseScheduler; lower error). "
-                    "simple: the model is queried at the current timestep (what FlipSigmas + euler does).",
+                    "simple: the model is queried at the current timestep (what FlipSigmas + euler does). "
+                    "reference (diffusers v): for v-prediction models, convert v to eps at the current "
+                    "level exactly as diffusers does (same as reference for eps models; the default "
+                    "reference reconstructs v models about 10x more tightly).",
         ),
         io.Combo.Input(
             "easyinv", options=EASYINV_CHOICES, default=EASYINV_OFF,
@@ -82,9 +101,13 @@ def inversion_config(model, timestep_rule: str, easyinv: str, easyinv_eta: float
                      easyinv_start: float, easyinv_length: float, easyinv_variant: str,
                      warm_start_steps: int, warm_start_fraction: float, warm_start_seed: int) -> InversionConfig:
     """The library's :class:`InversionConfig` from the shared widgets and the model."""
+    if timestep_rule not in RULE_CHOICES:
+        raise InvEditInputError(f"Unknown timestep_rule {timestep_rule!r}; pick one of {list(RULE_CHOICES)}.")
+    rule, v_conversion = RULE_CHOICES[timestep_rule]
     try:
         return InversionConfig(
-            timestep_rule=timestep_rule,
+            timestep_rule=rule,
+            v_conversion=v_conversion,
             prediction_type=prediction_type(model),
             sigma_floor=lowest_sigma(model),
             easyinv=easyinv_config(easyinv, easyinv_eta, easyinv_start, easyinv_length, easyinv_variant),

@@ -181,7 +181,7 @@ def run_oracle(comfy, diffusers_unet, inputs, prediction: str) -> OracleRun:
             ref_inversion.append(z)
         ref_inversion = torch.stack(ref_inversion)
 
-        config = dict(prediction_type=prediction, sigma_floor=float(levels[0]))
+        config = dict(prediction_type=prediction, v_conversion="state", sigma_floor=float(levels[0]))
         ours = invert(denoiser, levels, z_clean, InversionConfig(timestep_rule="reference", **config))
         simple = invert(denoiser, levels, z_clean, InversionConfig(timestep_rule="simple", **config))
 

@@ -124,7 +124,7 @@ def test_v_prediction_converts_at_the_state_level_like_diffusers():
         return x / (s ** 2 + 1) - v * s / (s ** 2 + 1).sqrt()
 
     x_from = z * (1 + sigma_from ** 2).sqrt()
-    eps, x0 = predict_eps(v_model, x_from, sigma_from, sigma_to, "v")
+    eps, x0 = predict_eps(v_model, x_from, sigma_from, sigma_to, "v", "state")
     expected_eps = a_from.sqrt() * v + (1 - a_from).sqrt() * z
     expected_x0_ddpm = a_from.sqrt() * z - (1 - a_from).sqrt() * v
     assert torch.allclose(eps, expected_eps, atol=1e-12)
@@ -133,6 +133,23 @@ def test_v_prediction_converts_at_the_state_level_like_diffusers():
     z_next = a_to.sqrt() * expected_x0_ddpm + (1 - a_to).sqrt() * expected_eps
     x_next = x_from + eps * (sigma_to - sigma_from)
     assert torch.allclose(x_next / (1 + sigma_to ** 2).sqrt(), z_next, atol=1e-12)
+
+
+def test_v_prediction_query_conversion_reads_the_model_like_a_sampler():
+    """The default conversion uses the eps implied by the model's x0 at the level it was asked."""
+    v = torch.randn(1, 4, 4, 4, dtype=torch.float64)
+
+    def v_model(x, sigma):
+        s = sigma.reshape(-1, 1, 1, 1)
+        return x / (s ** 2 + 1) - v * s / (s ** 2 + 1).sqrt()
+
+    x_from = torch.randn(1, 4, 4, 4, dtype=torch.float64)
+    sigma_from, sigma_to = torch.tensor(0.6, dtype=torch.float64), torch.tensor(1.7, dtype=torch.float64)
+    eps, _ = predict_eps(v_model, x_from, sigma_from, sigma_to, "v")
+    x_query = x_from * (1 + sigma_to ** 2).sqrt() / (1 + sigma_from ** 2).sqrt()
+    assert torch.allclose(eps, (x_query - v_model(x_query, sigma_to.reshape(1))) / sigma_to, atol=1e-12)
+    diffusers_eps, _ = predict_eps(v_model, x_from, sigma_from, sigma_to, "v", "state")
+    assert (eps - diffusers_eps).abs().max() > 1e-2  # the two conventions really differ
 
 
 def test_trajectory_shape_and_endpoints(gaussian_data):
@@ -165,7 +182,8 @@ def test_simple_rule_from_zero_needs_the_model_floor():
         query_sigma("simple", torch.tensor(0.0), torch.tensor(1.0), None)
 
 
-@pytest.mark.parametrize("field,value", [("timestep_rule", "midpoint"), ("prediction_type", "x0")])
+@pytest.mark.parametrize("field,value", [("timestep_rule", "midpoint"), ("prediction_type", "x0"),
+                                         ("v_conversion", "halfway")])
 def test_unknown_settings_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         InversionConfig(**{field: value})
