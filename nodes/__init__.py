@@ -5,10 +5,11 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .inversion_nodes import NODES as INVERSION_NODES
+from .testbed_nodes import NODES as TESTBED_NODES
 
 
 class InvEditExtension(ComfyExtension):
     """Lists every InvEdit node for ComfyUI."""
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*INVERSION_NODES]
+        return [*INVERSION_NODES, *TESTBED_NODES]

@@ -27,9 +27,7 @@ classes from ``pack_nodes`` (what graphs run), not from ``invedit.nodes``.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import os
 import shutil
 import sys
 import tempfile
@@ -45,50 +43,21 @@ PACK_NODE_PREFIX = "InvEdit"
 TEST_NODE_PREFIX = "InvEditTest"
 
 
-def _comfyui_path() -> Path:
-    value = os.environ.get("COMFYUI_PATH")
-    if not value:
-        raise pytest.UsageError(
-            "COMFYUI_PATH is not set: the tests in tests/host run inside a ComfyUI checkout. "
-            "Run them with `bash scripts/run-tests.sh` (it finds or clones ComfyUI at the pinned "
-            "commit and sets COMFYUI_PATH), or set COMFYUI_PATH to a ComfyUI checkout yourself."
-        )
-    path = Path(value).resolve()
-    if not (path / "nodes.py").is_file() or not (path / "execution.py").is_file():
-        raise pytest.UsageError(f"COMFYUI_PATH={value} is not a ComfyUI checkout (no nodes.py / execution.py)")
-    return path
+SCRIPTS_DIR = REPO_ROOT / "scripts"
+for _entry in (SCRIPTS_DIR, HOST_TESTS_DIR):
+    if str(_entry) not in sys.path:
+        sys.path.insert(0, str(_entry))
 
+from comfy_headless import boot_comfyui, comfyui_path_from_env, load_pack  # noqa: E402
 
-COMFYUI_PATH = _comfyui_path()
+try:
+    COMFYUI_PATH = comfyui_path_from_env()
+except RuntimeError as _error:
+    raise pytest.UsageError(str(_error)) from None
 # A private base directory: models, input, output, temp and user folders of this ComfyUI.
 COMFYUI_BASE_DIR = Path(tempfile.mkdtemp(prefix="invedit-comfyui-"))
 atexit.register(shutil.rmtree, COMFYUI_BASE_DIR, ignore_errors=True)
-
-sys.path.insert(0, str(COMFYUI_PATH))
-if str(HOST_TESTS_DIR) not in sys.path:
-    sys.path.insert(1, str(HOST_TESTS_DIR))
-
-import comfy.options  # noqa: E402
-
-comfy.options.enable_args_parsing(False)
-from comfy.cli_args import args as comfy_args  # noqa: E402
-
-comfy_args.cpu = True
-comfy_args.base_directory = str(COMFYUI_BASE_DIR)
-comfy_args.output_directory = str(COMFYUI_BASE_DIR / "output")
-comfy_args.temp_directory = str(COMFYUI_BASE_DIR / "temp")
-comfy_args.input_directory = str(COMFYUI_BASE_DIR / "input")
-
-# ComfyUI's `utils` package must be imported before `nodes`: nodes.py puts comfy/ first on
-# sys.path, after which `import utils` finds comfy/utils.py (main.py imports utils first too).
-import utils.extra_config  # noqa: E402,F401
-import folder_paths  # noqa: E402
-
-folder_paths.set_output_directory(comfy_args.output_directory)
-folder_paths.set_temp_directory(comfy_args.temp_directory)
-folder_paths.set_input_directory(comfy_args.input_directory)
-
-import nodes  # noqa: E402
+nodes = boot_comfyui(COMFYUI_PATH, COMFYUI_BASE_DIR)
 
 import tiny_models  # noqa: E402
 from comfy_graph import CAPTURED, SERVER, Graph, GraphResult, ServerStub, run_prompt  # noqa: E402
@@ -217,8 +186,7 @@ class ComfyHost:
 
 
 def _boot() -> ComfyHost:
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-    pack_load_ok = asyncio.run(nodes.load_custom_node(str(REPO_ROOT)))
+    pack_load_ok = load_pack(nodes)
     pack_node_ids = sorted(
         node_id
         for node_id in nodes.NODE_CLASS_MAPPINGS

@@ -1,0 +1,145 @@
+"""Benchmark: cost of InvEdit's inversion against a plain sampling pass of the same length.
+
+Prints a markdown table: wall time of InvEdit DDIM Inversion (plain, EasyInv, forward warm start)
+divided by the wall time of stock KSamplerAdvanced (ddim, ddim_uniform) with the same model, steps
+and guidance, and the number of UNet evaluations (denoiser rows) each made. Target: ratio <= 1.05,
+evaluations = steps (x2 with CFG), fewer with a warm start.
+
+    bash scripts/run-demo.sh --benchmark-speed           # or, inside the env:
+    python benchmarks/inversion_speed.py [--full-sd15] [--steps 50] [--repeats 3]
+
+``--full-sd15`` adds an SD1.5-architecture UNet (860M parameters, random weights) at 256x256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "scripts"))
+from comfy_headless import REPO_ROOT, boot_comfyui, comfyui_path_from_env, load_pack  # noqa: E402
+
+OPTIONS = dict(timestep_rule="reference", easyinv="off", easyinv_eta=0.5, easyinv_start=0.05,
+               easyinv_length=0.2, easyinv_variant="input", warm_start_steps=0, warm_start_fraction=0.0,
+               warm_start_seed=0)
+VARIANTS = {
+    "DDIM inversion": {},
+    "EasyInv (SD1.x preset)": {"easyinv": "SD1.x"},
+    "forward warm start k=2": {"warm_start_steps": 2},
+}
+
+
+FULL_SD15_CONTEXT = 768
+FULL_SD15_UNET = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+    "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
+    "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4],
+    "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": FULL_SD15_CONTEXT,
+    "num_heads": 8, "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+
+
+def full_size_sd15(tiny_models):
+    """An SD1.5-architecture model (ComfyUI's SD15 config, 860M parameters) with seeded random weights."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+    import torch
+
+    config = comfy.supported_models.SD15(dict(FULL_SD15_UNET))
+    config.set_inference_dtype(torch.float32, None)
+    with torch.inference_mode():
+        model = comfy.model_base.BaseModel(config, device=torch.device("cpu"))
+        tiny_models._init_parameters(model.diffusion_model, 0)
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def counting_clone(model, counter: list):
+    """A clone of ``model`` whose UNet wrapper counts evaluated rows (cond and uncond each count)."""
+    clone = model.clone()
+
+    def wrapper(apply_model, args):
+        counter[0] += args["input"].shape[0]
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    clone.set_model_unet_function_wrapper(wrapper)
+    return clone
+
+
+def timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_model(nodes, name: str, model, cond, latent, steps: int, cfg: float, repeats: int) -> list[str]:
+    import torch
+
+    ksampler = nodes.NODE_CLASS_MAPPINGS["KSamplerAdvanced"]()
+    inversion = nodes.NODE_CLASS_MAPPINGS["InvEditDDIMInversion"]
+    counter = [0]
+    counted = counting_clone(model, counter)
+    rows = []
+    with torch.inference_mode():
+        def sample():
+            ksampler.sample(counted, "disable", 0, steps, cfg, "ddim", "ddim_uniform", cond, cond, latent, 0, 10000,
+                            "disable")
+
+        sample()  # warm-up
+        counter[0] = 0
+        reference = timed(sample, repeats)
+        reference_calls = counter[0] // repeats
+        rows.append(f"| {name} | sampling (KSamplerAdvanced ddim) | {reference:.3f} | 1.00 | {reference_calls} |")
+        for label, overrides in VARIANTS.items():
+            settings = dict(OPTIONS, steps=steps, inversion_cfg=cfg, scheduler="ddim_uniform", clean_level="zero")
+            settings.update(overrides)
+
+            def invert():
+                inversion.execute(model=counted, positive=cond, negative=cond, latent=latent, **settings)
+
+            counter[0] = 0
+            seconds = timed(invert, repeats)
+            rows.append(f"| {name} | {label} | {seconds:.3f} | {seconds / reference:.2f} | {counter[0] // repeats} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--full-sd15", action="store_true", help="also an SD1.5-size UNet (slow on CPU)")
+    args = parser.parse_args()
+    base_dir = Path(tempfile.mkdtemp(prefix="invedit-bench-"))
+    nodes = boot_comfyui(comfyui_path_from_env(), base_dir)
+    if not load_pack(nodes):
+        raise SystemExit("ComfyUI could not load InvEdit; see the log above.")
+    sys.path.insert(0, str(REPO_ROOT / "tests" / "host"))
+    import tiny_models
+
+    rows = ["| model | pass | seconds | ratio to sampling | UNet rows evaluated |", "|---|---|---|---|---|"]
+    for arch in ("sd15", "sdxl"):
+        for cfg in (1.0, 7.5):
+            rows += bench_model(nodes, f"tiny {arch} 16x16, cfg {cfg}", tiny_models.cached_tiny_model(arch),
+                                tiny_models.tiny_conditioning(arch, 1), tiny_models.tiny_latent(arch, 3),
+                                args.steps, cfg, args.repeats)
+    if args.full_sd15:
+        import torch
+
+        model = full_size_sd15(tiny_models)
+        cond = [[torch.randn(1, 77, FULL_SD15_CONTEXT, generator=torch.Generator().manual_seed(1)), {}]]
+        rows += bench_model(nodes, "SD1.5 architecture 256x256, cfg 1.0", model, cond,
+                            tiny_models.tiny_latent("sd15", 3, 1, 32, 32), args.steps, 1.0, 1)
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

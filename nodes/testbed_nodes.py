@@ -1,0 +1,194 @@
+"""Nodes for InvEdit's test-bed model: a small trained text-to-digits model of ComfyUI's own UNet.
+
+The test-bed turns every method of the pack into a measured number without downloading Stable
+Diffusion: it draws two handwritten digits side by side on an 8x16 canvas from prompts like
+"a photo of three and seven". It has no VAE: its latent is the canvas itself (1 channel, [-1, 1]).
+"""
+
+from __future__ import annotations
+
+import comfy.latent_formats
+import comfy.model_patcher
+import comfy.supported_models
+import torch
+from comfy_api.latest import io
+
+from ..testbed import data as testbed_data
+from ..testbed.vocabulary import UnknownWordError
+from ..testbed.weights import DEFAULT_MODEL_PATH, IntegrityError, load_testbed
+from .host import InvEditInputError
+
+CATEGORY = "InvEdit/test-bed"
+TestbedText = io.Custom("INVEDIT_TESTBED_TEXT")
+MAX_HELDOUT = 359
+MAX_VIEW_SCALE = 64
+
+
+class TestbedLatentFormat(comfy.latent_formats.LatentFormat):
+    """The test-bed's latent is the canvas itself: one channel, no scaling."""
+
+    latent_channels = 1
+    scale_factor = 1.0
+
+
+def testbed_model_config(unet_config: dict) -> comfy.supported_models.SD15:
+    """An SD1.x model config (eps, SD1.x schedule) with the test-bed's UNet and latent format."""
+
+    class TestbedConfig(comfy.supported_models.SD15):
+        unet_extra_config = {}
+        latent_format = TestbedLatentFormat
+
+    TestbedConfig.unet_config = dict(unet_config)
+    return TestbedConfig(dict(unet_config))
+
+
+def load_testbed_model(verify: bool = True):
+    """Return ``(MODEL, text encoder)`` built from the shipped safetensors file."""
+    try:
+        testbed_file = load_testbed(DEFAULT_MODEL_PATH, verify=verify)
+    except (FileNotFoundError, IntegrityError) as error:
+        raise InvEditInputError(str(error)) from error
+    config = testbed_model_config(testbed_file.unet_config)
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({}, device=torch.device("cpu"))
+    model.diffusion_model.load_state_dict(testbed_file.unet_state_dict(), strict=True)
+    model.eval()
+    device = torch.device("cpu")
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+    return patcher, testbed_file.text_encoder().eval()
+
+
+class TestbedModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="InvEditTestbedModelLoader",
+            display_name="InvEdit Test-bed Model (digits)",
+            category=CATEGORY,
+            description=(
+                "Loads InvEdit's shipped test-bed: a 1M-parameter SD1.x-layout UNet trained on handwritten "
+                "digits (8x16 canvases, two digits, prompts like 'a photo of three and seven'). A real ComfyUI "
+                "MODEL, so every InvEdit node runs on it; no download needed."
+            ),
+            inputs=[io.Boolean.Input("verify", default=True,
+                                     tooltip="Check the file's content hash before loading.")],
+            outputs=[io.Model.Output(), TestbedText.Output(display_name="text_encoder")],
+        )
+
+    @classmethod
+    def execute(cls, verify) -> io.NodeOutput:
+        return io.NodeOutput(*load_testbed_model(verify))
+
+
+class TestbedTextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="InvEditTestbedTextEncode",
+            display_name="InvEdit Test-bed Text Encode",
+            category=CATEGORY,
+            description="Prompts for the test-bed model, one per line (several lines give a batch).",
+            inputs=[
+                TestbedText.Input("text_encoder"),
+                io.String.Input("text", multiline=True, default="a photo of three and seven",
+                                tooltip="'a photo of LEFT and RIGHT' with digit words zero..nine; an empty "
+                                        "line is the unconditional prompt. One prompt per line."),
+            ],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, text_encoder, text) -> io.NodeOutput:
+        prompts = text.split("\n") if text.strip() else [""]
+        try:
+            with torch.no_grad():
+                context = text_encoder.encode([line.strip() for line in prompts])
+        except UnknownWordError as error:
+            raise InvEditInputError(str(error)) from error
+        return io.NodeOutput([[context, {}]])
+
+
+class TestbedImageToLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="InvEditTestbedImageToLatent",
+            display_name="InvEdit Test-bed Image To Latent",
+            category=CATEGORY,
+            description="The test-bed's 'VAE encode': an 8x16 IMAGE becomes its 1-channel latent in [-1, 1].",
+            inputs=[io.Image.Input("image")],
+            outputs=[io.Latent.Output()],
+        )
+
+    @classmethod
+    def execute(cls, image) -> io.NodeOutput:
+        height, width = image.shape[1:3]
+        if (height, width) != testbed_data.CANVAS_SHAPE[1:]:
+            raise InvEditInputError(
+                f"The test-bed model works on {testbed_data.CANVAS_SHAPE[1]}x{testbed_data.CANVAS_SHAPE[2]} "
+                f"canvases; this image is {height}x{width}. Resize it (e.g. ImageScale to width "
+                f"{testbed_data.CANVAS_SHAPE[2]}, height {testbed_data.CANVAS_SHAPE[1]})."
+            )
+        return io.NodeOutput({"samples": testbed_data.image_to_canvas(image)})
+
+
+class TestbedLatentToImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="InvEditTestbedLatentToImage",
+            display_name="InvEdit Test-bed Latent To Image",
+            category=CATEGORY,
+            description="The test-bed's 'VAE decode': the 1-channel latent becomes a grey IMAGE.",
+            inputs=[
+                io.Latent.Input("latent"),
+                io.Int.Input("scale", default=1, min=1, max=MAX_VIEW_SCALE,
+                             tooltip="Nearest-neighbour enlargement for viewing (keep 1 for metrics)."),
+            ],
+            outputs=[io.Image.Output()],
+        )
+
+    @classmethod
+    def execute(cls, latent, scale) -> io.NodeOutput:
+        samples = latent["samples"]
+        if samples.ndim != 4 or samples.shape[1] != TestbedLatentFormat.latent_channels:
+            raise InvEditInputError(
+                f"Expected a 1-channel test-bed latent, got shape {tuple(samples.shape)}: decode other "
+                "models' latents with their VAE."
+            )
+        image = testbed_data.canvas_to_image(samples)
+        if scale > 1:
+            image = image.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+        return io.NodeOutput(image)
+
+
+class TestbedHeldOutDigits(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="InvEditTestbedHeldOutDigits",
+            display_name="InvEdit Test-bed Held-out Digits",
+            category=CATEGORY,
+            description=(
+                "Real handwritten digits the test-bed model never saw in training (scikit-learn's digits, "
+                "held-out split), paired on 8x16 canvases, with their prompts: real images to invert."
+            ),
+            inputs=[
+                io.Int.Input("count", default=4, min=1, max=MAX_HELDOUT, tooltip="How many canvases."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Which held-out pairs."),
+            ],
+            outputs=[io.Image.Output(), io.String.Output(display_name="prompts")],
+        )
+
+    @classmethod
+    def execute(cls, count, seed) -> io.NodeOutput:
+        try:
+            canvases, prompts, _ = testbed_data.heldout_canvases(count, seed)
+        except ImportError as error:
+            raise InvEditInputError(
+                "The held-out digits come from scikit-learn's bundled data: pip install scikit-learn."
+            ) from error
+        return io.NodeOutput(testbed_data.canvas_to_image(canvases), "\n".join(prompts))
+
+
+NODES = [TestbedModelLoader, TestbedTextEncode, TestbedImageToLatent, TestbedLatentToImage, TestbedHeldOutDigits]
