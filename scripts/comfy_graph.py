@@ -1,6 +1,6 @@
 """Build API-format prompts and run them through the in-process ComfyUI's prompt executor.
 
-Import this only in tests/host (its conftest boots ComfyUI before any test module is imported):
+Import this only after ComfyUI was booted (scripts/comfy_headless.py; tests/host's conftest does it):
 
     from comfy_graph import Graph, GraphExecutionError, GraphValidationError
 
@@ -75,6 +75,45 @@ def _progress_hook(value, total, preview_image, prompt_id=None, node_id=None):
 
 
 comfy.utils.set_progress_bar_global_hook(_progress_hook)
+
+
+class AnyType(str):
+    """A socket type that matches every other type (ComfyUI compares types with ``!=``)."""
+
+    def __ne__(self, other: object) -> bool:
+        return False
+
+    __hash__ = str.__hash__
+
+
+class InvEditTestCapture:
+    """Output node (registered by :func:`register_capture_node`): hands its input to the caller
+    of :func:`run_prompt`, under ``key``."""
+
+    CATEGORY = "InvEdit/testing"
+    RETURN_TYPES = ()
+    FUNCTION = "capture"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": (AnyType("*"),), "key": ("STRING", {"default": "value"})}}
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")
+
+    def capture(self, value, key):
+        if key in CAPTURED:
+            raise ValueError(f"two InvEditTestCapture nodes use the key {key!r}")
+        CAPTURED[key] = value
+        return ()
+
+
+def register_capture_node(nodes_module) -> None:
+    """Make ``InvEditTestCapture`` available to graphs run in this process."""
+    nodes_module.NODE_CLASS_MAPPINGS[CAPTURE_NODE] = InvEditTestCapture
+    nodes_module.NODE_DISPLAY_NAME_MAPPINGS[CAPTURE_NODE] = CAPTURE_NODE
 
 
 @dataclass(frozen=True)

@@ -60,23 +60,13 @@ atexit.register(shutil.rmtree, COMFYUI_BASE_DIR, ignore_errors=True)
 nodes = boot_comfyui(COMFYUI_PATH, COMFYUI_BASE_DIR)
 
 import tiny_models  # noqa: E402
-from comfy_graph import CAPTURED, SERVER, Graph, GraphResult, ServerStub, run_prompt  # noqa: E402
+from comfy_graph import SERVER, Graph, GraphResult, InvEditTestCapture, ServerStub, run_prompt  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
 # Test-only nodes (V1 style), registered under ids starting with InvEditTest.
 
 
-class AnyType(str):
-    """A socket type that matches every other type (ComfyUI compares types with ``!=``)."""
-
-    def __ne__(self, other: object) -> bool:
-        return False
-
-    __hash__ = str.__hash__
-
-
-ANY = AnyType("*")
 ARCH_INPUT = (list(tiny_models.ARCHS), {"default": "sd15"})
 SEED_INPUT = ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})
 TEST_CATEGORY = "InvEdit/testing"
@@ -139,29 +129,6 @@ class InvEditTestLatent:
 
     def build(self, arch, seed, batch, height, width):
         return (tiny_models.tiny_latent(arch, seed, batch, height, width),)
-
-
-class InvEditTestCapture:
-    """Output node: hands its input to the test (run_graph's result, under ``key``)."""
-
-    CATEGORY = TEST_CATEGORY
-    RETURN_TYPES = ()
-    FUNCTION = "capture"
-    OUTPUT_NODE = True
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"value": (ANY,), "key": ("STRING", {"default": "value"})}}
-
-    @classmethod
-    def IS_CHANGED(cls, **kwargs):
-        return float("nan")
-
-    def capture(self, value, key):
-        if key in CAPTURED:
-            raise ValueError(f"two InvEditTestCapture nodes use the key {key!r}")
-        CAPTURED[key] = value
-        return ()
 
 
 TEST_NODES = {
