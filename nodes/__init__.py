@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .diagnostics_nodes import NODES as DIAGNOSTICS_NODES
 from .inversion_nodes import NODES as INVERSION_NODES
 from .testbed_nodes import NODES as TESTBED_NODES
 
@@ -12,4 +13,4 @@ class InvEditExtension(ComfyExtension):
     """Lists every InvEdit node for ComfyUI."""
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*INVERSION_NODES, *TESTBED_NODES]
+        return [*INVERSION_NODES, *TESTBED_NODES, *DIAGNOSTICS_NODES]

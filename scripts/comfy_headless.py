@@ -66,3 +66,21 @@ def boot_comfyui(comfyui_path: Path, base_dir: Path):
 def load_pack(nodes) -> bool:
     """Load this repository as a custom node with ComfyUI's own loader; True when it loaded."""
     return asyncio.run(nodes.load_custom_node(str(REPO_ROOT)))
+
+
+def import_pack_as_package(name: str = "invedit"):
+    """Import this repository as the package ``name`` (for its pure-torch libraries), once."""
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(REPO_ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module

@@ -1,0 +1,169 @@
+"""Benchmark: reconstruction quality and latent normality of each inversion method on held-out digits.
+
+Runs inside ComfyUI on the shipped test-bed model (digits the model never saw), 50 steps:
+DDIM inversion (reference and simple timestep rule), EasyInv (both variants, SD1.x preset) and the
+forward warm start (k = 1, 2, 4 of 50), each inverted at guidance 1 and reconstructed at guidance
+1 and 7.5. Prints a markdown table and writes a plot:
+
+- reconstruction MSE, PSNR and SSIM on [0, 1] images (SSIM on a x4 nearest-neighbour enlargement:
+  the 11x11 SSIM window does not fit an 8x16 canvas), and the MSE split into plain and non-plain
+  areas of the source ("There and Back Again" mask: mean gradient < 0.025);
+- normality of the inverted latents (DDPM scale): top-20 patch correlation and KL(noise || latents),
+  with Gaussian noise as the baseline row;
+- wall time and model calls per image.
+
+    bash scripts/run-demo.sh --benchmark          # or, inside the env:
+    python benchmarks/reconstruction.py [--count 64] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from comfy_headless import REPO_ROOT, boot_comfyui, comfyui_path_from_env, import_pack_as_package, load_pack  # noqa: E402
+
+STEPS = 50
+SSIM_ENLARGEMENT = 4
+GUIDANCES = (1.0, 7.5)
+OPTIONS = dict(timestep_rule="reference", easyinv="off", easyinv_eta=0.5, easyinv_start=0.05,
+               easyinv_length=0.2, easyinv_variant="input", warm_start_steps=0, warm_start_fraction=0.0,
+               warm_start_seed=1)
+METHODS = {
+    "DDIM, reference rule": {},
+    "DDIM, simple rule": {"timestep_rule": "simple"},
+    "EasyInv SD1.x, input variant": {"easyinv": "SD1.x"},
+    "EasyInv SD1.x, output variant": {"easyinv": "SD1.x", "easyinv_variant": "output"},
+    "warm start k=1": {"warm_start_steps": 1},
+    "warm start k=2": {"warm_start_steps": 2},
+    "warm start k=4": {"warm_start_steps": 4},
+}
+NOISE_ROW = "Gaussian noise (baseline)"
+
+
+def enlarge(images: torch.Tensor, factor: int) -> torch.Tensor:
+    return images.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
+
+
+def measure(nodes_map, metrics, count: int, seed: int) -> dict:
+    """Run every method on ``count`` held-out canvases; returns {method: {metric: value}}."""
+    loader, encode = nodes_map["InvEditTestbedModelLoader"], nodes_map["InvEditTestbedTextEncode"]
+    digits, to_latent = nodes_map["InvEditTestbedHeldOutDigits"], nodes_map["InvEditTestbedImageToLatent"]
+    to_image = nodes_map["InvEditTestbedLatentToImage"]
+    inversion, reconstruct = nodes_map["InvEditDDIMInversion"], nodes_map["InvEditReconstruct"]
+    model, text_encoder = loader.execute(verify=True).result
+    images, prompts = digits.execute(count=count, seed=seed).result
+    positive = encode.execute(text_encoder=text_encoder, text=prompts).result[0]
+    negative = encode.execute(text_encoder=text_encoder, text="").result[0]
+    latent = to_latent.execute(image=images).result[0]
+    source = images.movedim(-1, 1)
+    plain = metrics.plain_mask(source)
+    rows: dict[str, dict] = {}
+    for method, overrides in METHODS.items():
+        start = time.perf_counter()
+        _, record, _ = inversion.execute(model=model, positive=positive, negative=negative, latent=latent,
+                                         steps=STEPS, inversion_cfg=1.0, scheduler="ddim_uniform",
+                                         clean_level="zero", **dict(OPTIONS, **overrides)).result
+        invert_seconds = time.perf_counter() - start
+        trajectory = record.trajectory
+        noise_ddpm = trajectory.noise / (1 + trajectory.sigmas[-1] ** 2).sqrt()
+        row = {"model calls per image": trajectory.model_calls,
+               "inversion s per image": invert_seconds / count,
+               "patch correlation": metrics.patch_correlation(noise_ddpm),
+               "KL": metrics.kl_to_noise(noise_ddpm, torch.randn(noise_ddpm.shape, generator=torch.Generator().manual_seed(seed)))}
+        for cfg in GUIDANCES:
+            start = time.perf_counter()
+            rebuilt = reconstruct.execute(model=model, positive=positive, negative=negative, inversion=record,
+                                          cfg=cfg).result[0]
+            row[f"reconstruction s per image @{cfg:g}"] = (time.perf_counter() - start) / count
+            result = to_image.execute(latent=rebuilt, scale=1).result[0].movedim(-1, 1)
+            scores = metrics.reconstruction_scores(source, result)
+            row[f"MSE @{cfg:g}"] = float(scores.mse.mean())
+            row[f"PSNR @{cfg:g}"] = float(scores.psnr.mean())
+            row[f"SSIM x{SSIM_ENLARGEMENT} @{cfg:g}"] = float(metrics.ssim(enlarge(source, SSIM_ENLARGEMENT),
+                                                                          enlarge(result, SSIM_ENLARGEMENT)).mean())
+            row[f"MSE plain @{cfg:g}"] = float(metrics.mse(source, result, plain).mean())
+            row[f"MSE non-plain @{cfg:g}"] = float(metrics.mse(source, result, ~plain).mean())
+        rows[method] = row
+    generator = torch.Generator().manual_seed(seed + 1)
+    gaussian = torch.randn(noise_ddpm.shape, generator=generator, dtype=torch.float64)
+    rows[NOISE_ROW] = {"patch correlation": metrics.patch_correlation(gaussian),
+                       "KL": metrics.kl_to_noise(gaussian, torch.randn(gaussian.shape, generator=generator,
+                                                                       dtype=torch.float64))}
+    return rows
+
+
+def markdown(rows: dict, count: int) -> str:
+    columns = ["PSNR @1", "PSNR @7.5", f"SSIM x{SSIM_ENLARGEMENT} @1", f"SSIM x{SSIM_ENLARGEMENT} @7.5", "MSE @1",
+               "MSE @7.5", "MSE plain @1", "MSE non-plain @1", "MSE plain @7.5", "MSE non-plain @7.5",
+               "patch correlation", "KL", "model calls per image", "inversion s per image"]
+    lines = [f"Held-out digits: {count} canvases, {STEPS} steps, inverted at guidance 1, reconstructed at 1 and 7.5.",
+             "", "| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for method, row in rows.items():
+        cells = []
+        for column in columns:
+            value = row.get(column)
+            cells.append("" if value is None else (f"{value:d}" if isinstance(value, int) else
+                                                    f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}"))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [name for name in rows if name != NOISE_ROW]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    positions = torch.arange(len(methods)).numpy()
+    for offset, cfg in zip((-0.2, 0.2), GUIDANCES):
+        left.bar(positions + offset, [rows[m][f"PSNR @{cfg:g}"] for m in methods], width=0.4,
+                 label=f"reconstructed at guidance {cfg:g}")
+    left.set_xticks(positions, methods, rotation=30, ha="right", fontsize=8)
+    left.set_ylabel("PSNR (dB), higher is better")
+    left.legend(fontsize=8)
+    left.set_title("Reconstruction of held-out digits")
+    right.bar(positions, [rows[m]["patch correlation"] for m in methods], color="tab:green")
+    right.axhline(rows[NOISE_ROW]["patch correlation"], color="black", linestyle="--", label="Gaussian noise")
+    right.set_xticks(positions, methods, rotation=30, ha="right", fontsize=8)
+    right.set_ylabel("top-20 patch correlation, lower is more noise-like")
+    right.legend(fontsize=8)
+    right.set_title("Normality of the inverted latents")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=64, help="held-out canvases (>= 8 for the normality metrics)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    nodes = boot_comfyui(comfyui_path_from_env(), Path(tempfile.mkdtemp(prefix="invedit-bench-")))
+    if not load_pack(nodes):
+        raise SystemExit("ComfyUI could not load InvEdit; see the log above.")
+    import_pack_as_package()
+    from invedit.inversion import metrics
+    with torch.inference_mode():
+        rows = measure(nodes.NODE_CLASS_MAPPINGS, metrics, args.count, args.seed)
+    table = markdown(rows, args.count)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "reconstruction.md").write_text(table + "\n")
+    (args.out / "reconstruction.json").write_text(json.dumps(rows, indent=1) + "\n")
+    plot(rows, args.out / "reconstruction.png")
+    print(f"\nPlot written to {args.out / 'reconstruction.png'}")
+
+
+if __name__ == "__main__":
+    main()
