@@ -40,7 +40,6 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST_TESTS_DIR = Path(__file__).resolve().parent
 PACK_NODE_PREFIX = "InvEdit"
-TEST_NODE_PREFIX = "InvEditTest"
 
 
 SCRIPTS_DIR = REPO_ROOT / "scripts"
@@ -157,7 +156,7 @@ def _boot() -> ComfyHost:
     pack_node_ids = sorted(
         node_id
         for node_id in nodes.NODE_CLASS_MAPPINGS
-        if node_id.startswith(PACK_NODE_PREFIX) and not node_id.startswith(TEST_NODE_PREFIX)
+        if node_id.startswith(PACK_NODE_PREFIX) and node_id not in TEST_NODES
     )
     for node_id, cls in TEST_NODES.items():
         nodes.NODE_CLASS_MAPPINGS[node_id] = cls
