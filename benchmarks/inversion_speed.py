@@ -22,11 +22,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "scripts"))
-from comfy_headless import REPO_ROOT, boot_comfyui, comfyui_path_from_env, load_pack  # noqa: E402
+from comfy_headless import REPO_ROOT, boot_comfyui, comfyui_path_from_env, inversion_options, load_pack  # noqa: E402
 
-OPTIONS = dict(timestep_rule="reference", easyinv="off", easyinv_eta=0.5, easyinv_start=0.05,
-               easyinv_length=0.2, easyinv_variant="input", warm_start_steps=0, warm_start_fraction=0.0,
-               warm_start_seed=0)
 VARIANTS = {
     "DDIM inversion": {},
     "EasyInv (SD1.x preset)": {"easyinv": "SD1.x"},
@@ -100,7 +97,7 @@ def bench_model(nodes, name: str, model, cond, latent, steps: int, cfg: float, r
         reference_calls = counter[0] // repeats
         rows.append(f"| {name} | sampling (KSamplerAdvanced ddim) | {reference:.3f} | 1.00 | {reference_calls} |")
         for label, overrides in VARIANTS.items():
-            settings = dict(OPTIONS, steps=steps, inversion_cfg=cfg, scheduler="ddim_uniform", clean_level="zero")
+            settings = inversion_options(steps=steps, inversion_cfg=cfg, scheduler="ddim_uniform", clean_level="zero")
             settings.update(overrides)
 
             def invert():

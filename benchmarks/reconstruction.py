@@ -28,14 +28,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from comfy_headless import REPO_ROOT, boot_comfyui, comfyui_path_from_env, import_pack_as_package, load_pack  # noqa: E402
+from comfy_headless import REPO_ROOT, boot_comfyui, comfyui_path_from_env, import_pack_as_package, inversion_options, load_pack  # noqa: E402
 
 STEPS = 50
 SSIM_ENLARGEMENT = 4
 GUIDANCES = (1.0, 7.5)
-OPTIONS = dict(timestep_rule="reference", easyinv="off", easyinv_eta=0.5, easyinv_start=0.05,
-               easyinv_length=0.2, easyinv_variant="input", warm_start_steps=0, warm_start_fraction=0.0,
-               warm_start_seed=1)
 METHODS = {
     "DDIM, reference rule": {},
     "DDIM, simple rule": {"timestep_rule": "simple"},
@@ -70,7 +67,7 @@ def measure(nodes_map, metrics, count: int, seed: int) -> dict:
         start = time.perf_counter()
         _, record, _ = inversion.execute(model=model, positive=positive, negative=negative, latent=latent,
                                          steps=STEPS, inversion_cfg=1.0, scheduler="ddim_uniform",
-                                         clean_level="zero", **dict(OPTIONS, **overrides)).result
+                                         clean_level="zero", **inversion_options(warm_start_seed=1, **overrides)).result
         invert_seconds = time.perf_counter() - start
         trajectory = record.trajectory
         noise_ddpm = trajectory.noise / (1 + trajectory.sigmas[-1] ** 2).sqrt()

@@ -78,6 +78,11 @@ def inversion_option_inputs() -> list:
     ]
 
 
+def option_defaults() -> dict:
+    """The default value of every shared inversion option, by input name (for scripts and tests)."""
+    return {widget.id: widget.default for widget in inversion_option_inputs()}
+
+
 def easyinv_config(easyinv: str, eta: float, start: float, length: float, variant: str) -> EasyInvConfig | None:
     """EasyInv settings from the widgets (None when off)."""
     if easyinv == EASYINV_OFF:

@@ -20,7 +20,7 @@ from .host import InvEditInputError
 
 CATEGORY = "InvEdit/test-bed"
 TestbedText = io.Custom("INVEDIT_TESTBED_TEXT")
-MAX_HELDOUT = 359
+MAX_HELDOUT = 359  # size of the held-out split (20 % of the 1797 digits)
 MAX_VIEW_SCALE = 64
 
 

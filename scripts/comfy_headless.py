@@ -84,3 +84,11 @@ def import_pack_as_package(name: str = "invedit"):
         del sys.modules[name]
         raise
     return module
+
+
+def inversion_options(**overrides) -> dict:
+    """The shared inversion options at their node defaults, with ``overrides`` (after boot)."""
+    import_pack_as_package()
+    from invedit.nodes.options import option_defaults
+
+    return {**option_defaults(), **overrides}

@@ -23,16 +23,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_headless import REPO_ROOT, boot_comfyui, comfyui_path_from_env, load_pack  # noqa: E402
+from comfy_headless import REPO_ROOT, boot_comfyui, comfyui_path_from_env, inversion_options, load_pack  # noqa: E402
 
 METHODS = {
     "DDIM inversion": {},
     "EasyInv (SD1.x)": {"easyinv": "SD1.x"},
     "warm start k=2": {"warm_start_steps": 2},
 }
-OPTIONS = dict(timestep_rule="reference", easyinv="off", easyinv_eta=0.5, easyinv_start=0.05,
-               easyinv_length=0.2, easyinv_variant="input", warm_start_steps=0, warm_start_fraction=0.0,
-               warm_start_seed=1)
 GUIDANCES = (1.0, 7.5)
 GRID_SCALE_TESTBED = 12
 GRID_GAP = 4
@@ -44,7 +41,7 @@ def build_graph(graph, loaded, image, positive, negative, encode, decode, steps:
     for method, overrides in METHODS.items():
         inversion = graph.node("InvEditDDIMInversion", model=loaded, positive=positive, negative=negative,
                                latent=latent, steps=steps, inversion_cfg=1.0, scheduler="ddim_uniform",
-                               clean_level="zero", **dict(OPTIONS, **overrides))
+                               clean_level="zero", **inversion_options(warm_start_seed=1, **overrides))
         for cfg in GUIDANCES:
             rebuilt = graph.node("InvEditReconstruct", model=loaded, positive=positive, negative=negative,
                                  inversion=inversion.out(1), cfg=cfg)

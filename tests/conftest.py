@@ -9,7 +9,6 @@ Run the suite with ``bash scripts/run-tests.sh``; it builds the environment the 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -36,24 +35,11 @@ def _drop_repo_root_from_sys_path() -> None:
     sys.path[:] = [entry for entry in sys.path if not is_root(entry)]
 
 
-def _register_package() -> None:
-    """Import the repository root as the package ``invedit`` (once per process)."""
-    if PACKAGE_NAME in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(
-        PACKAGE_NAME, REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACKAGE_NAME] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[PACKAGE_NAME]
-        raise
-
-
 _drop_repo_root_from_sys_path()
-_register_package()
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from comfy_headless import import_pack_as_package  # noqa: E402  (imports no ComfyUI module)
+
+import_pack_as_package(PACKAGE_NAME)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from invedit.nodes.options import option_defaults
+
 from tiny_models import ARCHS, ModelSnapshot
 
 STEPS = 50
-OPTIONS = dict(timestep_rule="reference", easyinv="off", easyinv_eta=0.5, easyinv_start=0.05,
-               easyinv_length=0.2, easyinv_variant="input", warm_start_steps=0, warm_start_fraction=0.0,
-               warm_start_seed=0)
+OPTIONS = option_defaults()
 # Round-trip bound of invert -> stock KSamplerAdvanced at guidance 1 on the random-weight tiny
 # models, as max |error| / std(latent) (measured 0.004-0.03; random weights are far rougher
 # than a trained model, see the benchmark for trained-model figures).

@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from invedit.nodes.options import option_defaults
+
 from invedit.inversion import metrics
 from invedit.testbed import classifier, data, selectivity, vocabulary
 
@@ -20,9 +22,7 @@ WORD_BLOCKS = (("middle", 0), ("output", 0), ("output", 1), ("output", 2))
 SELECTIVITY_THRESHOLD = 0.9
 WORD_SHARE_THRESHOLD = 0.25
 PROBE_SIGMAS = (0.5, 2.0, 8.0)
-OPTIONS = dict(timestep_rule="reference", easyinv="off", easyinv_eta=0.5, easyinv_start=0.05,
-               easyinv_length=0.2, easyinv_variant="input", warm_start_steps=0, warm_start_fraction=0.0,
-               warm_start_seed=1)
+OPTIONS = dict(option_defaults(), warm_start_seed=1)
 
 
 @pytest.fixture(scope="module")
