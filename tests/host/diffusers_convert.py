@@ -24,6 +24,8 @@ import types
 
 import torch
 
+import tiny_models
+
 LATENT_CHANNELS = 4
 CONTEXT_DIM = 64
 HEADS = 2
@@ -48,25 +50,13 @@ DIFFUSERS_UNET_KWARGS = dict(
 )
 
 # ComfyUI side: the same network as an LDM ``UNetModel`` config (SD1.x style).
-COMFY_UNET_CONFIG = {
-    "image_size": 16,
-    "in_channels": LATENT_CHANNELS,
-    "out_channels": LATENT_CHANNELS,
-    "model_channels": BLOCK_OUT_CHANNELS[0],
-    "channel_mult": [c // BLOCK_OUT_CHANNELS[0] for c in BLOCK_OUT_CHANNELS],
-    "num_res_blocks": [1, 1],
-    "transformer_depth": [1, 1],
-    "transformer_depth_middle": 1,
-    "transformer_depth_output": [1, 1, 1, 1],
-    "context_dim": CONTEXT_DIM,
-    "use_linear_in_transformer": False,
-    "use_spatial_transformer": True,
-    "legacy": False,
-    "use_checkpoint": False,
-    "adm_in_channels": None,
-    "use_temporal_attention": False,
-    "use_temporal_resblock": False,
-}
+COMFY_UNET_CONFIG = dict(
+    tiny_models.SD15_UNET_CONFIG,
+    image_size=16,
+    model_channels=BLOCK_OUT_CHANNELS[0],
+    channel_mult=[c // BLOCK_OUT_CHANNELS[0] for c in BLOCK_OUT_CHANNELS],
+    context_dim=CONTEXT_DIM,
+)
 COMFY_UNET_EXTRA_CONFIG = {"num_heads": HEADS, "num_head_channels": -1}
 
 

@@ -51,7 +51,7 @@ SDXL_POOLED_DIM = 1280  # pooled CLIP-G output; with 6 x 256 size embeddings giv
 SDXL_ADM_CHANNELS = 2816
 LATENT_CHANNELS = 4
 
-_SD15_UNET = {
+SD15_UNET_CONFIG = {
     "image_size": 32,
     "in_channels": LATENT_CHANNELS,
     "out_channels": LATENT_CHANNELS,
@@ -96,7 +96,7 @@ _SDXL_UNET = {
 class TinySD15(comfy.supported_models.SD15):
     """SD1.x model config with a tiny UNet (2 heads per attention layer)."""
 
-    unet_config = dict(_SD15_UNET)
+    unet_config = dict(SD15_UNET_CONFIG)
     unet_extra_config = {"num_heads": 2, "num_head_channels": -1}
 
 
