@@ -114,6 +114,16 @@ def check_deterministic_start(model_k, extra_args: dict, what: str) -> None:
         )
 
 
+def check_finite(result: torch.Tensor, what: str) -> torch.Tensor:
+    """Refuse a NaN/inf result instead of passing on a black image."""
+    if not bool(torch.isfinite(result).all()):
+        raise InvEditInputError(
+            f"{what} produced NaN or infinite values. This usually means the model overflows in "
+            "float16: start ComfyUI with --force-fp32 (or --fp32-unet), or check the model and prompt."
+        )
+    return result
+
+
 def step_callback(callback: Optional[Callable[[dict], None]]) -> Callable[[dict], None]:
     """Wrap a k-diffusion style callback so every step also honours ComfyUI's interrupt."""
 
@@ -144,6 +154,7 @@ def sample_inversion(model, x, sigmas, extra_args=None, callback=None, disable=N
     extra_args = {} if extra_args is None else extra_args
     check_deterministic_start(model, extra_args, "The InvEdit inversion sampler")
     trajectory = invert(bound_denoiser(model, extra_args), sigmas, x, config, step_callback(callback))
+    check_finite(trajectory.noise, "The inversion")
     if trajectory_sink is not None:
         trajectory_sink.append(trajectory)
     return trajectory.noise
@@ -157,7 +168,8 @@ def sample_replay(model, x, sigmas, extra_args=None, callback=None, disable=None
     """
     extra_args = {} if extra_args is None else extra_args
     check_deterministic_start(model, extra_args, "The InvEdit replay sampler")
-    return replay(bound_denoiser(model, extra_args), sigmas, x, step_callback(callback))
+    return check_finite(replay(bound_denoiser(model, extra_args), sigmas, x, step_callback(callback)),
+                        "The replay")
 
 
 def run_sampler(model, positive, negative, cfg: float, latent: torch.Tensor, sampler_function,

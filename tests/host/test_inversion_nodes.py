@@ -196,6 +196,13 @@ def test_noise_mask_and_nan_latents_are_refused(pack_nodes, tiny_model, tiny_con
                       {"samples": torch.full((1, 4, 16, 16), float("nan"))})
 
 
+def test_a_model_that_returns_nan_gives_a_clear_error(pack_nodes, tiny_model, tiny_conditioning, tiny_latent):
+    broken = tiny_model("sd15").clone()
+    broken.set_model_unet_function_wrapper(lambda apply_model, args: torch.full_like(args["input"], float("nan")))
+    with pytest.raises(ValueError, match="NaN.*float16"):
+        run_inversion(pack_nodes, broken, tiny_conditioning("sd15", 1), tiny_latent("sd15", 3))
+
+
 def test_flow_models_are_refused(pack_nodes, tiny_model, tiny_conditioning, tiny_latent):
     import nodes
 
