@@ -121,10 +121,6 @@ class InversionTrajectory:
         """The inverted latent at the highest level, ``[B, C, H, W]``."""
         return self.latents[-1]
 
-    @property
-    def n_steps(self) -> int:
-        return self.sigmas.numel() - 1
-
 
 def query_sigma(rule: str, sigma_from: torch.Tensor, sigma_to: torch.Tensor,
                 sigma_floor: Optional[float]) -> torch.Tensor:

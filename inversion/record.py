@@ -30,13 +30,3 @@ class InversionRecord:
     settings: dict[str, Any] = field(default_factory=dict)
     positive: Any = None
     negative: Any = None
-
-    @property
-    def batch_size(self) -> int:
-        return self.trajectory.latents.shape[1]
-
-    def describe(self) -> str:
-        """One line for logs and error messages."""
-        shape = "x".join(str(n) for n in self.trajectory.latents.shape[1:])
-        parts = ", ".join(f"{key}={value}" for key, value in self.settings.items())
-        return f"inversion of a {shape} latent over {self.trajectory.n_steps} steps ({parts})"

@@ -54,6 +54,11 @@ def lowest_sigma(model) -> float:
     return float(model.get_model_object("model_sampling").sigma_min)
 
 
+def latent_channels(model) -> int:
+    """Channels of the latents ``model`` works on (4 for SD1.x/SDXL)."""
+    return model.get_model_object("latent_format").latent_channels
+
+
 def check_latent(model, latent: dict) -> torch.Tensor:
     """Return ``latent["samples"]`` after checking it fits ``model``; never modifies it."""
     samples = latent.get("samples")
@@ -62,7 +67,7 @@ def check_latent(model, latent: dict) -> torch.Tensor:
             "The LATENT must hold a 4-D 'samples' tensor [batch, channels, height, width]: "
             "connect a VAE Encode output (video latents are not supported)."
         )
-    channels = model.get_model_object("latent_format").latent_channels
+    channels = latent_channels(model)
     if samples.shape[1] != channels:
         raise InvEditInputError(
             f"The latent has {samples.shape[1]} channels but this model expects {channels}: "
@@ -81,7 +86,7 @@ def check_latent(model, latent: dict) -> torch.Tensor:
 
 def check_inversion_fits(model, noise: torch.Tensor) -> None:
     """Refuse an INVERSION made with a model of another latent family."""
-    channels = model.get_model_object("latent_format").latent_channels
+    channels = latent_channels(model)
     if noise.shape[1] != channels:
         raise InvEditInputError(
             f"This inversion holds {noise.shape[1]}-channel latents but the model expects {channels}: "
@@ -173,8 +178,7 @@ def sample_replay(model, x, sigmas, extra_args=None, callback=None, disable=None
 
 
 def run_sampler(model, positive, negative, cfg: float, latent: torch.Tensor, sampler_function,
-                sigmas: torch.Tensor, extra_options: Optional[dict[str, Any]] = None,
-                preview: bool = True) -> torch.Tensor:
+                sigmas: torch.Tensor, extra_options: Optional[dict[str, Any]] = None) -> torch.Tensor:
     """Sample through ComfyUI's own CFGGuider (conds, patches, latent scaling, progress bar).
 
     ``latent`` is in raw VAE-latent units and so is the result; no noise is added.
@@ -184,6 +188,6 @@ def run_sampler(model, positive, negative, cfg: float, latent: torch.Tensor, sam
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
     steps = sigmas.numel() - 1
-    callback = latent_preview.prepare_callback(model, steps) if preview else None
+    callback = latent_preview.prepare_callback(model, steps)
     return guider.sample(torch.zeros_like(latent), latent, sampler, sigmas, callback=callback,
                          disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0)

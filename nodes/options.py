@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from comfy_api.latest import io
 
 from ..inversion import (
@@ -91,8 +93,7 @@ def easyinv_config(easyinv: str, eta: float, start: float, length: float, varian
         return EasyInvConfig(eta=eta, start=start, length=length, variant=variant)
     if easyinv not in EASYINV_PRESETS:
         raise InvEditInputError(f"Unknown EasyInv choice {easyinv!r}; pick one of {EASYINV_CHOICES}.")
-    preset = EASYINV_PRESETS[easyinv]
-    return EasyInvConfig(eta=preset.eta, start=preset.start, length=preset.length, variant=variant)
+    return replace(EASYINV_PRESETS[easyinv], variant=variant)
 
 
 def warm_start_config(steps: int, fraction: float, seed: int) -> WarmStartConfig | None:
