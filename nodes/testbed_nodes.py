@@ -8,6 +8,7 @@ Diffusion: it draws two handwritten digits side by side on an 8x16 canvas from p
 from __future__ import annotations
 
 import comfy.latent_formats
+import comfy.model_management
 import comfy.model_patcher
 import comfy.supported_models
 import torch
@@ -50,11 +51,12 @@ def load_testbed_model(verify: bool = True):
         raise InvEditInputError(str(error)) from error
     config = testbed_model_config(testbed_file.unet_config)
     config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({}, device=torch.device("cpu"))
+    offload_device = comfy.model_management.unet_offload_device()
+    model = config.get_model({}, device=offload_device)
     model.diffusion_model.load_state_dict(testbed_file.unet_state_dict(), strict=True)
     model.eval()
-    device = torch.device("cpu")
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                               offload_device=offload_device)
     return patcher, testbed_file.text_encoder().eval()
 
 
