@@ -2,12 +2,46 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import hashlib
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
 
 import torch
 
 from .ddim import InversionTrajectory
+
+METHOD_NULL_TEXT = "null-text"
+METHOD_NEGATIVE_PROMPT = "negative-prompt"
+UNCONDITIONING_METHODS = (METHOD_NULL_TEXT, METHOD_NEGATIVE_PROMPT)
+
+
+@dataclass
+class Unconditioning:
+    """What the unconditional branch of classifier-free guidance sees when an inversion is sampled back.
+
+    Null-text inversion (Mokady et al., CVPR 2023) optimises one unconditional context per
+    sampling step; negative-prompt inversion (Miyake et al., arXiv 2305.16807) uses the source
+    prompt's (optionally blended with the empty prompt's) at every step.
+
+    Attributes:
+        method: ``"null-text"`` or ``"negative-prompt"``.
+        conditioning: the unconditional CONDITIONING used as a template (opaque to the library;
+            it carries what is not optimised, e.g. SDXL's pooled output and size conditioning).
+        step_contexts: ``[N, B, L, D]`` float32 cross-attention context per sampling step, paired
+            with ``InversionRecord.sampling_sigmas[:N]`` (step ``i`` queries the model at
+            ``sampling_sigmas[i]``); ``B`` is 1 (shared by every row) or the inversion's batch.
+            None means the template's own context at every step.
+        report: JSON-able figures of how it was made (losses, gradient steps, seconds).
+    """
+
+    method: str
+    conditioning: Any
+    step_contexts: Optional[torch.Tensor] = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in UNCONDITIONING_METHODS:
+            raise ValueError(f"method must be one of {UNCONDITIONING_METHODS}, got {self.method!r}.")
 
 
 @dataclass
@@ -20,9 +54,14 @@ class InversionRecord:
         sampling_sigmas: ``[N+1]`` descending schedule that replays the inversion exactly
             (the inversion's levels, reversed).
         settings: plain, JSON-able description of how the inversion was made (steps,
-            scheduler, guidance, timestep rule, EasyInv, warm start, prediction type).
+            scheduler, guidance, timestep rule, EasyInv, warm start, prediction type, hashes of
+            the source latent and of the model identity).
         positive: the CONDITIONING the inversion used (opaque to the library).
         negative: the negative CONDITIONING the inversion used.
+        unconditioning: null-text or negative-prompt unconditional branch, or None (plain DDIM:
+            the sampler's own negative prompt is used).
+        pin_source: direct inversion (Ju et al., "PnP Inversion", arXiv 2310.01506): while
+            sampling, source rows are put back on the recorded trajectory after every step.
     """
 
     trajectory: InversionTrajectory
@@ -30,3 +69,30 @@ class InversionRecord:
     settings: dict[str, Any] = field(default_factory=dict)
     positive: Any = None
     negative: Any = None
+    unconditioning: Optional[Unconditioning] = None
+    pin_source: bool = False
+
+    @property
+    def steps(self) -> int:
+        """Number of sampling steps ``N``."""
+        return self.sampling_sigmas.numel() - 1
+
+    def step_targets(self) -> torch.Tensor:
+        """``[N, B, C, H, W]``: the recorded state each sampling step must land on.
+
+        Sampling step ``i`` goes from ``sampling_sigmas[i]`` to ``sampling_sigmas[i+1]``; its
+        target is ``trajectory.latents[N-1-i]``.
+        """
+        return self.trajectory.latents[:-1].flip(0)
+
+    def with_changes(self, **changes: Any) -> "InversionRecord":
+        """A new record with some fields replaced (records are never modified in place)."""
+        return replace(self, **changes)
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """Hex SHA-256 of a tensor's dtype, shape and bytes (identical tensors, identical hash)."""
+    data = tensor.detach().to("cpu").contiguous()
+    digest = hashlib.sha256(f"{data.dtype}|{tuple(data.shape)}|".encode())
+    digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()

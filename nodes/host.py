@@ -7,6 +7,8 @@ ComfyUI sampler. No maths lives here.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Callable, Optional
 
 import torch
@@ -52,6 +54,56 @@ def prediction_type(model) -> str:
 def lowest_sigma(model) -> float:
     """The model's lowest noise level (its sigma at timestep 0)."""
     return float(model.get_model_object("model_sampling").sigma_min)
+
+
+FINGERPRINT_SAMPLE = 64
+"""Values read from each end of every weight tensor for the model fingerprint."""
+
+
+def _tensor_sample(tensor: torch.Tensor) -> bytes:
+    """Bytes of the first and last values of a tensor (cheap identity, any device)."""
+    flat = tensor.detach().reshape(-1)
+    ends = torch.cat([flat[:FINGERPRINT_SAMPLE], flat[-FINGERPRINT_SAMPLE:]]).to("cpu", torch.float32)
+    return f"{tensor.dtype}|{tuple(tensor.shape)}|".encode() + ends.numpy().tobytes()
+
+
+def _patch_tensors(value: Any) -> list[torch.Tensor]:
+    """Tensors inside a ModelPatcher weight patch (LoRA adapters, tuples), in a stable order."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _patch_tensors(item)]
+    weights = getattr(value, "weights", None)
+    return _patch_tensors(weights) if weights is not None else []
+
+
+def model_fingerprint(model) -> dict[str, str]:
+    """Identity of a MODEL, cheap to compute: what a saved inversion is checked against.
+
+    Returns ``{"architecture", "weights", "patches"}`` hex digests: the model class, its UNet
+    config and noise schedule; a sample of every base weight tensor (keys that carry patches
+    are left out, so loading state does not matter); the weight patches (LoRA) with their
+    strengths. Model patches that only change sampling options are not included.
+    """
+    base = model.model
+    sampling = model.get_model_object("model_sampling")
+    architecture = hashlib.sha256(json.dumps(
+        [type(base).__name__, getattr(base.model_config, "unet_config", {}), prediction_type(model)],
+        sort_keys=True, default=str).encode())
+    architecture.update(sampling.sigmas.detach().to("cpu", torch.float32).numpy().tobytes())
+    weights = hashlib.sha256()
+    for key, tensor in sorted(base.state_dict().items()):
+        if key not in model.patches and tensor.numel() > 0:
+            weights.update(key.encode() + _tensor_sample(tensor))
+    patches = hashlib.sha256()
+    for key in sorted(model.patches):
+        for entry in model.patches[key]:
+            strength_patch, value, strength_model = entry[0], entry[1], entry[2]
+            patches.update(f"{key}|{strength_patch}|{strength_model}|".encode())
+            for tensor in _patch_tensors(value):
+                patches.update(_tensor_sample(tensor))
+    return {"architecture": architecture.hexdigest(), "weights": weights.hexdigest(),
+            "patches": patches.hexdigest()}
 
 
 def latent_channels(model) -> int:

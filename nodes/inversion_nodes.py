@@ -8,7 +8,7 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from ..inversion.record import InversionRecord
+from ..inversion.record import InversionRecord, tensor_sha256
 from . import host
 from .options import inversion_config, inversion_option_inputs
 
@@ -96,6 +96,8 @@ class DDIMInversion(io.ComfyNode):
                 "prediction_type": config.prediction_type, "model_calls": trajectory.model_calls,
                 "easyinv": None if config.easyinv is None else asdict(config.easyinv),
                 "warm_start": None if config.warm_start is None else asdict(config.warm_start),
+                "source_latent_sha256": tensor_sha256(samples),
+                "model_fingerprint": host.model_fingerprint(model),
             },
             positive=positive,
             negative=negative,
