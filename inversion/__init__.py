@@ -16,6 +16,7 @@ from .ddim import (
     V_CONVERSIONS,
     InversionConfig,
     InversionTrajectory,
+    SourcePin,
     invert,
     replay,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "V_CONVERSIONS",
     "V_CONVERSION_QUERY",
     "V_CONVERSION_STATE",
+    "SourcePin",
     "WarmStartConfig",
     "invert",
     "replay",

@@ -234,8 +234,38 @@ def invert(denoiser: Denoiser, sigmas: torch.Tensor, x_clean: torch.Tensor,
                                config=config)
 
 
+@dataclass(frozen=True)
+class SourcePin:
+    """Direct inversion: source rows are put back on the recorded trajectory after every step.
+
+    Ju et al., "PnP Inversion: Boosting Diffusion-based Editing with 3 Lines of Code"
+    (arXiv 2310.01506): after the guided step of the source branch, the difference
+    ``d_i = z*_{i+1} - z_{i+1}`` is added back, which puts the source rows exactly on the
+    recorded state; edited rows are not corrected. Here the recorded state is assigned
+    directly (the same value without the rounding of ``z + (z* - z)``).
+
+    Attributes:
+        targets: ``[N, S, C, H, W]`` recorded state after each sampling step
+            (``InversionRecord.step_targets()``).
+        rows: the ``S`` batch rows that are source rows.
+    """
+
+    targets: torch.Tensor
+    rows: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.rows) != self.targets.shape[1]:
+            raise ValueError(f"{len(self.rows)} source rows but the targets hold {self.targets.shape[1]}.")
+
+    def apply(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        """The state after sampling step ``step`` with the source rows on the trajectory."""
+        pinned = x.clone()
+        pinned[list(self.rows)] = self.targets[step].to(x)
+        return pinned
+
+
 def replay(denoiser: Denoiser, sigmas: torch.Tensor, x_noise: torch.Tensor,
-           callback: Optional[StepCallback] = None) -> torch.Tensor:
+           callback: Optional[StepCallback] = None, pin: Optional[SourcePin] = None) -> torch.Tensor:
     """Deterministic DDIM sampling (eta = 0) down a schedule: the reconstruction of :func:`invert`.
 
     Args:
@@ -243,6 +273,7 @@ def replay(denoiser: Denoiser, sigmas: torch.Tensor, x_noise: torch.Tensor,
         sigmas: 1-D schedule, ascending or descending; it is walked from high to low.
         x_noise: ``[B, C, H, W]`` state at the highest level.
         callback: called after each model call.
+        pin: direct inversion of some rows (its targets must follow this schedule).
 
     Returns:
         ``[B, C, H, W]``: the DDPM-scale latent at the lowest level, i.e. the clean latent
@@ -259,4 +290,6 @@ def replay(denoiser: Denoiser, sigmas: torch.Tensor, x_noise: torch.Tensor,
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x0_pred})
         x = x + slope * (sigma_next - sigma)
+        if pin is not None:
+            x = pin.apply(i, x)
     return to_ddpm_scale(x, levels[-1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .diagnostics_nodes import NODES as DIAGNOSTICS_NODES
+from .guidance_gap_nodes import NODES as GUIDANCE_GAP_NODES
 from .inversion_nodes import NODES as INVERSION_NODES
 from .testbed_nodes import NODES as TESTBED_NODES
 
@@ -13,4 +14,4 @@ class InvEditExtension(ComfyExtension):
     """Lists every InvEdit node for ComfyUI."""
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*INVERSION_NODES, *TESTBED_NODES, *DIAGNOSTICS_NODES]
+        return [*INVERSION_NODES, *GUIDANCE_GAP_NODES, *TESTBED_NODES, *DIAGNOSTICS_NODES]

@@ -19,7 +19,7 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from ..inversion import PREDICTION_EPS, PREDICTION_V, InversionConfig, invert, replay
+from ..inversion import PREDICTION_EPS, PREDICTION_V, InversionConfig, SourcePin, invert, replay
 
 
 class InvEditInputError(ValueError):
@@ -217,29 +217,34 @@ def sample_inversion(model, x, sigmas, extra_args=None, callback=None, disable=N
     return trajectory.noise
 
 
-def sample_replay(model, x, sigmas, extra_args=None, callback=None, disable=None):
+def sample_replay(model, x, sigmas, extra_args=None, callback=None, disable=None, pin: Optional[SourcePin] = None):
     """KSAMPLER function: deterministic DDIM (eta 0) down ``sigmas``, exact inverse of the inversion.
 
     Ends at the schedule's last level (0, or the model's lowest level when the inversion
-    started there) and returns the clean latent.
+    started there) and returns the clean latent. ``pin`` keeps source rows on a recorded
+    trajectory (direct inversion).
     """
     extra_args = {} if extra_args is None else extra_args
     check_deterministic_start(model, extra_args, "The InvEdit replay sampler")
-    return check_finite(replay(bound_denoiser(model, extra_args), sigmas, x, step_callback(callback)),
+    return check_finite(replay(bound_denoiser(model, extra_args), sigmas, x, step_callback(callback), pin),
                         "The replay")
 
 
 def run_sampler(model, positive, negative, cfg: float, latent: torch.Tensor, sampler_function,
-                sigmas: torch.Tensor, extra_options: Optional[dict[str, Any]] = None) -> torch.Tensor:
+                sigmas: torch.Tensor, extra_options: Optional[dict[str, Any]] = None, preview: bool = True,
+                guider: Optional[comfy.samplers.CFGGuider] = None) -> torch.Tensor:
     """Sample through ComfyUI's own CFGGuider (conds, patches, latent scaling, progress bar).
 
-    ``latent`` is in raw VAE-latent units and so is the result; no noise is added.
+    ``latent`` is in raw VAE-latent units and so is the result; no noise is added. With
+    ``preview`` False the caller reports progress itself. ``guider`` replaces the plain
+    CFGGuider built from ``model``, ``positive``, ``negative`` and ``cfg``.
     """
     sampler = comfy.samplers.KSAMPLER(sampler_function, extra_options=extra_options or {})
-    guider = comfy.samplers.CFGGuider(model)
-    guider.set_conds(positive, negative)
-    guider.set_cfg(cfg)
+    if guider is None:
+        guider = comfy.samplers.CFGGuider(model)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(cfg)
     steps = sigmas.numel() - 1
-    callback = latent_preview.prepare_callback(model, steps)
+    callback = latent_preview.prepare_callback(model, steps) if preview else None
     return guider.sample(torch.zeros_like(latent), latent, sampler, sigmas, callback=callback,
-                         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0)
+                         disable_pbar=not (preview and comfy.utils.PROGRESS_BAR_ENABLED), seed=0)

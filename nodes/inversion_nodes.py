@@ -8,9 +8,11 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
+from ..inversion import SourcePin
 from ..inversion.record import InversionRecord, tensor_sha256
 from . import host
 from .options import inversion_config, inversion_option_inputs
+from .unconditioning import InversionGuider
 
 Inversion = io.Custom("INVERSION")
 
@@ -173,26 +175,34 @@ class Reconstruct(io.ComfyNode):
             category=CATEGORY_SAMPLING,
             description=(
                 "Replays an inversion's exact schedule with deterministic DDIM and returns the latent. At the "
-                "inversion's own cfg (usually 1) it gives the image back; a higher cfg shows the guidance gap "
-                "that null-text inversion closes. Use another prompt to edit."
+                "inversion's own cfg (usually 1) it gives the image back; a higher cfg shows the guidance gap, "
+                "which an inversion from InvEdit Null-text / Negative-Prompt / Direct Inversion closes. With direct "
+                "inversion every row is pinned to the recorded trajectory, so the output is the input image."
             ),
             inputs=[
                 io.Model.Input("model"),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
+                io.Conditioning.Input("positive", tooltip="The source prompt to reconstruct (another prompt edits)."),
                 Inversion.Input("inversion"),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=MAX_CFG, step=0.1, round=0.01,
-                               tooltip="Guidance while reconstructing (1 = the inversion's own guidance)."),
+                               tooltip="Guidance while reconstructing (1 = the inversion's own guidance; with null-"
+                                       "text, the guidance it was optimised for)."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="Used only when the inversion carries no null-text or negative-prompt "
+                                              "unconditioning (which then takes its place)."),
             ],
             outputs=[io.Latent.Output()],
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, inversion: InversionRecord, cfg) -> io.NodeOutput:
+    def execute(cls, model, positive, inversion: InversionRecord, cfg, negative=None) -> io.NodeOutput:
         host.check_inversion_fits(model, inversion.trajectory.noise)
         noise_raw = model.model.process_latent_out(inversion.trajectory.noise.clone())
-        samples = host.run_sampler(model, positive, negative, cfg, noise_raw, host.sample_replay,
-                                   inversion.sampling_sigmas)
+        guider = InversionGuider(model, inversion, positive, negative, cfg)
+        pin = None
+        if inversion.pin_source:
+            pin = SourcePin(inversion.step_targets(), tuple(range(noise_raw.shape[0])))
+        samples = host.run_sampler(model, positive, None, cfg, noise_raw, host.sample_replay,
+                                   inversion.sampling_sigmas, extra_options={"pin": pin}, guider=guider)
         return io.NodeOutput({"samples": samples})
 
 

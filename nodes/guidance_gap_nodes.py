@@ -1,0 +1,262 @@
+"""Nodes that close the guidance gap of a DDIM inversion: null-text, negative-prompt and direct inversion.
+
+Each takes the INVERSION of InvEdit DDIM Inversion (made at cfg 1) and returns an INVERSION that
+InvEdit Reconstruct, InvEdit Inversion Guider and the editing nodes sample at any cfg.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from comfy_api.latest import io
+
+import comfy.utils
+
+from ..inversion.negative_prompt import blend_with_empty
+from ..inversion.null_text import (
+    REFERENCE_EARLY_STOP,
+    REFERENCE_EARLY_STOP_GROWTH,
+    REFERENCE_GUIDANCE,
+    REFERENCE_INNER_STEPS,
+    REFERENCE_LEARNING_RATE,
+    REFERENCE_LEARNING_RATE_DECAY,
+    STOP_AFTER_STEP,
+    STOP_BEFORE_STEP,
+    NullTextConfig,
+)
+from ..inversion.record import METHOD_NEGATIVE_PROMPT, METHOD_NULL_TEXT, InversionRecord, Unconditioning
+from .host import InvEditInputError
+from .inversion_nodes import MAX_CFG, Inversion
+from .previews import loss_plot, progress_preview
+from .unconditioning import InversionGuider, run_null_text, single_entry
+
+CATEGORY_GUIDANCE_GAP = "InvEdit/inversion"
+START_EMPTY = "empty prompt"
+START_SOURCE = "source prompt"
+MAX_INNER_STEPS = 100
+DEFAULT_STOP_CHECK = STOP_BEFORE_STEP
+
+
+def _image_from_pil(image) -> torch.Tensor:
+    """PIL RGB image -> ComfyUI IMAGE ``[1, H, W, 3]`` in [0, 1]."""
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
+
+
+class _NullTextProgress:
+    """Progress bar over all inner steps, with a preview plot of the loss per sampling step."""
+
+    def __init__(self, n_steps: int, config: NullTextConfig):
+        self.config = config
+        self.n_steps = n_steps
+        self.total = max(n_steps * config.inner_steps, 1)
+        self.bar = comfy.utils.ProgressBar(self.total)
+        self.losses: list[float] = []
+
+    def __call__(self, info: dict) -> None:
+        step = info["step"]
+        del self.losses[step:]
+        self.losses.append(info["loss"])
+        bounds = [self.config.step_threshold(i) for i in range(len(self.losses))]
+        caption = f"step {step + 1}/{self.n_steps}  loss {info['loss']:.2e}  bound {info['threshold']:.1e}"
+        preview = progress_preview(loss_plot(self.losses, bounds, self.n_steps, caption))
+        self.bar.update_absolute(step * self.config.inner_steps + info["inner"] + 1, self.total, preview)
+
+
+def _report_text(method: str, report: dict, steps: int) -> str:
+    """A few lines for the node's report output."""
+    landing = report.get("landing_losses", [])
+    return (
+        f"{method}: {steps} steps, {report.get('total_gradient_steps', 0)} gradient steps, "
+        f"{report.get('seconds', 0.0):.1f} s; worst step loss {max(landing, default=0.0):.2e}, "
+        f"mean {sum(landing) / max(len(landing), 1):.2e}"
+    )
+
+
+class NullTextInversion(io.ComfyNode):
+    """Optimise one unconditional context per step so guided sampling lands on the inversion."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="InvEditNullTextInversion",
+            display_name="InvEdit Null-text Inversion",
+            category=CATEGORY_GUIDANCE_GAP,
+            description=(
+                "Null-text inversion (Mokady et al. 2023): for every step, optimises the unconditional (empty "
+                "prompt) embedding so that sampling at the chosen cfg retraces the inversion. Feed it the INVERSION "
+                "of InvEdit DDIM Inversion (cfg 1); the result reconstructs the image at cfg 7.5 and edits keep "
+                "what the prompt does not name. Takes gradients: about 10 UNet forward+backward passes per step "
+                "at most. Save the result with InvEdit Save Inversion to edit many times."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The model the image was inverted with."),
+                Inversion.Input("inversion", tooltip="From InvEdit DDIM Inversion (inverted at cfg 1)."),
+                io.Float.Input("guidance", default=REFERENCE_GUIDANCE, min=1.0, max=MAX_CFG, step=0.1, round=0.01,
+                               tooltip="The cfg you will sample and edit with; the embeddings are optimised for it."),
+                io.Int.Input("inner_steps", default=REFERENCE_INNER_STEPS, min=0, max=MAX_INNER_STEPS,
+                             tooltip="Most Adam steps per sampling step (reference 10)."),
+                io.Float.Input("learning_rate", default=REFERENCE_LEARNING_RATE, min=0.0, max=1.0, step=0.001,
+                               round=1e-5, tooltip="Adam learning rate at the first step (reference 0.01)."),
+                io.Float.Input("learning_rate_decay", default=REFERENCE_LEARNING_RATE_DECAY, min=0.0, max=1.0,
+                               step=0.001, round=1e-5,
+                               tooltip="Step i uses learning_rate * (1 - decay * i) (reference 0.01)."),
+                io.Float.Input("early_stop", default=REFERENCE_EARLY_STOP, min=0.0, max=1.0, step=1e-6, round=1e-8,
+                               tooltip="A step stops optimising once its loss is below this (reference 1e-5)."),
+                io.Float.Input("early_stop_growth", default=REFERENCE_EARLY_STOP_GROWTH, min=0.0, max=1.0,
+                               step=1e-6, round=1e-8,
+                               tooltip="The bound grows by this per step: later steps matter less (reference 2e-5)."),
+                io.Combo.Input("stop_check", options=[STOP_BEFORE_STEP, STOP_AFTER_STEP], default=DEFAULT_STOP_CHECK,
+                               tooltip="before step: test the loss before each Adam step and stop without stepping "
+                                       "once it is below the bound (fewer gradient steps, same fidelity). "
+                                       "after step: the reference's order (always at least one step)."),
+                io.Combo.Input("start_from", options=[START_EMPTY, START_SOURCE], default=START_EMPTY,
+                               tooltip="The embedding the first step starts from: the empty prompt (reference), or "
+                                       "the source prompt (negative-prompt inversion's answer, often nearer)."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="The empty prompt (CLIPTextEncode with no text). Default: the negative "
+                                              "the inversion was made with."),
+            ],
+            outputs=[
+                Inversion.Output(display_name="inversion",
+                                 tooltip="The inversion with per-step null-text embeddings (for Reconstruct, the "
+                                         "Inversion Guider and the editing nodes)."),
+                io.Image.Output(display_name="loss_plot", tooltip="Loss per step (blue) against the bound (orange)."),
+                io.String.Output(display_name="report", tooltip="Gradient steps, time and losses."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, inversion: InversionRecord, guidance, inner_steps, learning_rate, learning_rate_decay,
+                early_stop, early_stop_growth, stop_check, start_from, negative=None) -> io.NodeOutput:
+        template = negative if negative is not None else inversion.negative
+        empty_context, _ = single_entry(template, "negative (empty) prompt")
+        source_context, _ = single_entry(inversion.positive, "inversion's source prompt")
+        start = source_context if start_from == START_SOURCE else empty_context
+        if start.shape[-1] != empty_context.shape[-1]:
+            raise InvEditInputError("The source and empty prompts come from different text encoders: use one CLIP.")
+        batch = inversion.trajectory.noise.shape[0]
+        initial = start[:1].float().expand(batch, -1, -1).clone()
+        config = NullTextConfig(guidance=guidance, inner_steps=inner_steps, learning_rate=learning_rate,
+                                learning_rate_decay=learning_rate_decay, early_stop=early_stop,
+                                early_stop_growth=early_stop_growth, stop_check=stop_check)
+        result = run_null_text(model, inversion, template, initial, config, _NullTextProgress(inversion.steps, config))
+        report = {**result.report(), "start_from": start_from}
+        record = inversion.with_changes(
+            unconditioning=Unconditioning(METHOD_NULL_TEXT, template, result.step_contexts.cpu(), report),
+            settings={**inversion.settings, "null_text": {**asdict(config), "start_from": start_from}},
+        )
+        bounds = [config.step_threshold(i) for i in range(inversion.steps)]
+        plot = loss_plot(result.landing_losses, bounds, inversion.steps)
+        return io.NodeOutput(record, _image_from_pil(plot), _report_text("null-text", report, inversion.steps))
+
+
+class NegativePromptInversion(io.ComfyNode):
+    """Use the source prompt as the unconditional prompt: no optimisation."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="InvEditNegativePromptInversion",
+            display_name="InvEdit Negative-Prompt Inversion",
+            category=CATEGORY_GUIDANCE_GAP,
+            description=(
+                "Negative-prompt inversion (Miyake et al. 2023): sampling uses the source prompt as the "
+                "unconditional prompt, so cfg no longer pulls the reconstruction off the inversion. Instant (no "
+                "optimisation); close to null-text fidelity. Edits then push away from the source prompt."
+            ),
+            inputs=[
+                Inversion.Input("inversion", tooltip="From InvEdit DDIM Inversion (inverted at cfg 1)."),
+                io.Float.Input("empty_prompt_weight", default=0.0, min=0.0, max=1.0, step=0.05, round=0.001,
+                               tooltip="Blend the empty prompt back in: 0 = pure negative-prompt inversion (most "
+                                       "faithful), 1 = plain empty prompt (plain DDIM)."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="The empty prompt for the blend. Default: the inversion's negative."),
+            ],
+            outputs=[Inversion.Output(display_name="inversion")],
+        )
+
+    @classmethod
+    def execute(cls, inversion: InversionRecord, empty_prompt_weight, negative=None) -> io.NodeOutput:
+        source_context, source_options = single_entry(inversion.positive, "inversion's source prompt")
+        options = dict(source_options)
+        context = source_context
+        if empty_prompt_weight > 0.0:
+            empty_context, empty_options = single_entry(negative if negative is not None else inversion.negative,
+                                                        "negative (empty) prompt")
+            try:
+                context = blend_with_empty(source_context, empty_context, empty_prompt_weight)
+                if "pooled_output" in options and empty_options.get("pooled_output") is not None:
+                    options["pooled_output"] = blend_with_empty(options["pooled_output"],
+                                                                empty_options["pooled_output"], empty_prompt_weight)
+            except ValueError as error:
+                raise InvEditInputError(str(error)) from error
+        record = inversion.with_changes(
+            unconditioning=Unconditioning(METHOD_NEGATIVE_PROMPT, [[context, options]], None,
+                                          {"empty_prompt_weight": empty_prompt_weight}),
+            settings={**inversion.settings, "negative_prompt": {"empty_prompt_weight": empty_prompt_weight}},
+        )
+        return io.NodeOutput(record)
+
+
+class DirectInversion(io.ComfyNode):
+    """Pin the source to the inverted trajectory while sampling (PnP / direct inversion)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="InvEditDirectInversion",
+            display_name="InvEdit Direct Inversion",
+            category=CATEGORY_GUIDANCE_GAP,
+            description=(
+                "Direct inversion (Ju et al., PnP Inversion 2023): while sampling, the source image's rows are put "
+                "back on the recorded inversion after every step, so the source is reproduced exactly at any cfg; "
+                "edited rows run freely and, in InvEdit's editing nodes, take the source's attention. Instant. "
+                "Combines with null-text or negative-prompt inversion."
+            ),
+            inputs=[Inversion.Input("inversion", tooltip="From InvEdit DDIM Inversion (or a null-text / "
+                                                         "negative-prompt inversion).")],
+            outputs=[Inversion.Output(display_name="inversion")],
+        )
+
+    @classmethod
+    def execute(cls, inversion: InversionRecord) -> io.NodeOutput:
+        return io.NodeOutput(inversion.with_changes(pin_source=True,
+                                                    settings={**inversion.settings, "direct_inversion": True}))
+
+
+class InversionGuiderNode(io.ComfyNode):
+    """A GUIDER that samples an INVERSION with its own unconditioning (for SamplerCustomAdvanced)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="InvEditInversionGuider",
+            display_name="InvEdit Inversion Guider",
+            category="InvEdit/sampling",
+            description=(
+                "CFG guider for SamplerCustomAdvanced that uses the inversion's null-text embeddings (step by step, "
+                "matched by sigma) or negative-prompt unconditioning. Use the inversion's SIGMAS, Disable Noise, the "
+                "inversion's noise as the latent, and a deterministic sampler (ddim, euler). The prompt may be the "
+                "source (reconstruction) or an edited one (edit); both share the embeddings."
+            ),
+            inputs=[
+                io.Model.Input("model"),
+                io.Conditioning.Input("positive", tooltip="Source prompt to reconstruct, or an edited prompt."),
+                Inversion.Input("inversion"),
+                io.Float.Input("cfg", default=REFERENCE_GUIDANCE, min=0.0, max=MAX_CFG, step=0.1, round=0.01,
+                               tooltip="Guidance; use the one null-text was optimised for."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="Only used when the inversion has no null-text / negative-prompt "
+                                              "unconditioning."),
+            ],
+            outputs=[io.Guider.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, inversion: InversionRecord, cfg, negative=None) -> io.NodeOutput:
+        return io.NodeOutput(InversionGuider(model, inversion, positive, negative, cfg))
+
+
+NODES = [NullTextInversion, NegativePromptInversion, DirectInversion, InversionGuiderNode]

@@ -1,0 +1,214 @@
+"""Null-text inversion and direct inversion on a small context-conditioned denoiser (no ComfyUI).
+
+The reference loop of the null-text paper is written here independently, the way the paper's
+code writes it: DDPM-scale latents, guidance on eps, ``prev_step`` with alphas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from analytic import ddim_levels
+
+from invedit.inversion import InversionConfig, SourcePin, invert, replay
+from invedit.inversion.null_text import (
+    STOP_BEFORE_STEP,
+    NullTextConfig,
+    optimise_null_text,
+    substitute_uncond_context,
+)
+
+SHAPE = (1, 2, 4, 4)
+TOKENS, WIDTH = 3, 5
+STEPS = 10
+GUIDANCE = 7.5
+EMPTY_OFFSET = 0.1  # the empty prompt's context, near the source's as a text encoder makes it
+LOOSE_STOP = 4e-3  # an early-stop bound this toy reaches within the inner steps
+
+
+class ContextDenoiser:
+    """``x0 = x - sigma * eps`` with ``eps = tanh(a * z + context_mix)``, ``z`` the DDPM-scale input."""
+
+    def __init__(self, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        features = SHAPE[1] * SHAPE[2] * SHAPE[3]
+        self.mix = torch.randn(WIDTH, features, generator=generator)
+        self.gain = 0.8
+
+    def eps(self, z: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        shift = (context.mean(dim=1) @ self.mix).reshape(context.shape[0], *SHAPE[1:])
+        return torch.tanh(self.gain * z + shift * (1.0 + 0.1 * sigma.reshape(-1, 1, 1, 1)))
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        sigma_b = sigma.reshape(-1, 1, 1, 1)
+        z = x / (1 + sigma_b ** 2).sqrt()
+        return x - sigma_b * self.eps(z, sigma, context)
+
+
+@pytest.fixture
+def problem():
+    """Denoiser, levels, source context, empty context, and a guidance-1 inversion of a latent."""
+    denoiser = ContextDenoiser()
+    generator = torch.Generator().manual_seed(3)
+    source = torch.randn(1, TOKENS, WIDTH, generator=generator)
+    empty = source + torch.randn(1, TOKENS, WIDTH, generator=generator) * EMPTY_OFFSET
+    x_clean = torch.randn(*SHAPE, generator=generator) * 0.7
+    levels = ddim_levels(STEPS, dtype=torch.float32)
+    trajectory = invert(lambda x, s: denoiser(x, s, source), levels, x_clean, InversionConfig())
+    return denoiser, levels, source, empty, x_clean, trajectory
+
+
+def reference_null_text(denoiser, levels, trajectory, source, empty, inner_steps=10, lr=1e-2,
+                        epsilon=1e-5, guidance=GUIDANCE):
+    """The paper's loop (null_text_w_ptp.ipynb, NullInversion.null_optimization), on the DDPM scale."""
+    abar = 1.0 / (1.0 + levels.flip(0) ** 2)           # descending sampling levels
+    sig = levels.flip(0)
+    all_latents = [x / (1 + s ** 2).sqrt() for x, s in zip(trajectory.latents, levels)]
+    latent_cur = all_latents[-1]
+    uncond_embeddings = empty.clone()
+    contexts, losses, steps_taken = [], [], []
+
+    def eps_at(z, i, context):
+        x = z * (1 + sig[i] ** 2).sqrt()
+        x0 = denoiser(x, sig[i].reshape(1), context)
+        return (x - x0) / sig[i]
+
+    def prev_step(eps, i, z):
+        x0_pred = (z - (1 - abar[i]).sqrt() * eps) / abar[i].sqrt()
+        return abar[i + 1].sqrt() * x0_pred + (1 - abar[i + 1]).sqrt() * eps
+
+    for i in range(STEPS):
+        uncond_embeddings = uncond_embeddings.clone().detach().requires_grad_(True)
+        optimizer = torch.optim.Adam([uncond_embeddings], lr=lr * (1.0 - i / 100.0))
+        latent_prev = all_latents[len(all_latents) - i - 2]
+        with torch.no_grad():
+            noise_pred_cond = eps_at(latent_cur, i, source)
+        taken, loss_item = 0, None
+        for _ in range(inner_steps):
+            noise_pred_uncond = eps_at(latent_cur, i, uncond_embeddings)
+            noise_pred = noise_pred_uncond + guidance * (noise_pred_cond - noise_pred_uncond)
+            loss = torch.nn.functional.mse_loss(prev_step(noise_pred, i, latent_cur), latent_prev)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            taken += 1
+            loss_item = loss.item()
+            if loss_item < epsilon + i * 2e-5:
+                break
+        contexts.append(uncond_embeddings.detach().clone())
+        losses.append(loss_item)
+        steps_taken.append(taken)
+        with torch.no_grad():
+            eps_u = eps_at(latent_cur, i, uncond_embeddings)
+            eps_c = eps_at(latent_cur, i, source)
+            latent_cur = prev_step(eps_u + guidance * (eps_c - eps_u), i, latent_cur)
+    return torch.stack(contexts), losses, steps_taken, latent_cur
+
+
+def run_pack(denoiser, levels, trajectory, source, empty, config):
+    targets = trajectory.latents[:-1].flip(0)
+    return optimise_null_text(lambda x, s: denoiser(x, s, source), denoiser, levels, targets, trajectory.noise,
+                              empty, config)
+
+
+def test_pack_loop_equals_the_reference_loop(problem):
+    denoiser, levels, source, empty, _, trajectory = problem
+    ref_contexts, ref_losses, ref_steps, ref_final = reference_null_text(denoiser, levels, trajectory, source, empty)
+    result = run_pack(denoiser, levels, trajectory, source, empty, NullTextConfig())
+    assert result.gradient_steps == ref_steps
+    assert result.losses == pytest.approx(ref_losses, rel=1e-3, abs=1e-9)
+    assert float((result.step_contexts - ref_contexts).abs().max()) < 1e-5
+    assert float((result.final_state - ref_final).abs().max()) < 1e-5   # final level is 0: both are x0
+    # The optimisation matters here: the guided steps start far from the trajectory.
+    assert max(ref_losses) > 10 * (1e-5 + (STEPS - 1) * 2e-5) or sum(ref_steps) > 3 * STEPS
+
+
+def test_null_text_closes_the_guidance_gap(problem):
+    denoiser, levels, source, empty, x_clean, trajectory = problem
+    result = run_pack(denoiser, levels, trajectory, source, empty, NullTextConfig())
+    contexts = result.step_contexts
+    sampling = levels.flip(0)
+
+    def guided(context_of_step):
+        def denoise(x, sigma):
+            step = int((sampling - sigma[0]).abs().argmin())
+            x0_u, x0_c = denoiser(x, sigma, context_of_step(step)), denoiser(x, sigma, source)
+            return x0_u + (x0_c - x0_u) * GUIDANCE
+        return denoise
+
+    plain = replay(guided(lambda step: empty), levels, trajectory.noise)
+    null_text = replay(guided(lambda step: contexts[step]), levels, trajectory.noise)
+    plain_error = float((plain - x_clean).pow(2).mean())
+    null_error = float((null_text - x_clean).pow(2).mean())
+    assert null_error < plain_error / 10, (plain_error, null_error)
+    assert float((null_text - result.final_state).abs().max()) < 1e-5
+
+
+def test_stop_before_step_lands_as_well_with_fewer_gradient_steps(problem):
+    denoiser, levels, source, empty, _, trajectory = problem
+    config = NullTextConfig(early_stop=LOOSE_STOP)
+    reference = run_pack(denoiser, levels, trajectory, source, empty, config)
+    early = run_pack(denoiser, levels, trajectory, source, empty, replace(config, stop_check=STOP_BEFORE_STEP))
+    assert early.total_gradient_steps < reference.total_gradient_steps
+    assert max(early.landing_losses) < 2 * max(reference.landing_losses)
+    for step, (loss, landing) in enumerate(zip(early.losses, early.landing_losses)):
+        if early.gradient_steps[step] < config.inner_steps:
+            assert landing == pytest.approx(loss, rel=1e-6)
+            assert landing < config.step_threshold(step)
+
+
+def test_zero_learning_rate_keeps_the_initial_context(problem):
+    denoiser, levels, source, empty, _, trajectory = problem
+    result = run_pack(denoiser, levels, trajectory, source, empty, NullTextConfig(learning_rate=0.0))
+    assert result.total_gradient_steps == 0
+    assert torch.equal(result.step_contexts, empty.expand(STEPS, *empty.shape))
+
+
+def test_mismatched_targets_are_refused(problem):
+    denoiser, levels, source, empty, _, trajectory = problem
+    with pytest.raises(ValueError, match="targets must be"):
+        optimise_null_text(lambda x, s: denoiser(x, s, source), denoiser, levels[:-1], trajectory.latents[:-1],
+                           trajectory.noise, empty)
+
+
+def test_substitute_uncond_context_fills_only_uncond_chunks():
+    batch_context = torch.arange(4 * 6 * 2, dtype=torch.float32).reshape(4, 6, 2)
+    uncond = torch.tensor([[[-1.0, -2.0], [-3.0, -4.0], [-5.0, -6.0]]])
+    out = substitute_uncond_context(batch_context, [1, 0], uncond)
+    assert torch.equal(out[2:], batch_context[2:])
+    expected_rows = uncond.repeat(1, 2, 1).expand(2, 6, 2)
+    assert torch.equal(out[:2], expected_rows)
+    leaf = uncond.clone().requires_grad_(True)
+    substitute_uncond_context(batch_context, [0, 1], leaf).sum().backward()
+    assert torch.equal(leaf.grad, torch.full_like(uncond, 4.0))  # 2 rows x 2 repeats
+
+
+@pytest.mark.parametrize("context, message", [
+    (torch.zeros(1, 4, 2), "does not fit"),
+    (torch.zeros(1, 3, 3), "does not fit"),
+    (torch.zeros(3, 3, 2), "rows per chunk"),
+])
+def test_substitute_uncond_context_refuses_mismatches(context, message):
+    with pytest.raises(ValueError, match=message):
+        substitute_uncond_context(torch.zeros(4, 6, 2), [1, 0], context)
+
+
+def test_pinned_rows_follow_the_trajectory_and_others_are_untouched(problem):
+    denoiser, levels, source, empty, x_clean, trajectory = problem
+    edit_context = source.flip(1)
+
+    def two_rows(x, sigma):
+        return torch.cat([denoiser(x[:1], sigma[:1], source), denoiser(x[1:], sigma[1:], edit_context)])
+
+    noise = trajectory.noise.repeat(2, 1, 1, 1)
+    pin = SourcePin(targets=trajectory.latents[:-1].flip(0), rows=(0,))
+    visited = []
+    out = replay(two_rows, levels, noise, callback=lambda info: visited.append(info["x"][:1].clone()), pin=pin)
+    assert torch.equal(out[:1], trajectory.latents[0])
+    for step, state in enumerate(visited[1:]):
+        assert torch.equal(state, pin.targets[step])
+    plain_edit = replay(lambda x, s: denoiser(x, s, edit_context), levels, trajectory.noise)
+    assert torch.equal(out[1:], plain_edit)
+    assert float((out[1:] - x_clean).abs().max()) > 1e-2
