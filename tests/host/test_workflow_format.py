@@ -1,0 +1,299 @@
+"""UI-format workflows: node definitions as /object_info gives them, UI <-> API conversion checked
+against workflows the ComfyUI frontend saved, and the shipped example workflows built, up to date,
+valid and (the test-bed one) running."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from pathlib import Path
+
+import comfyui_workflow_templates
+import execution
+import folder_paths
+import pytest
+import server
+from aiohttp.test_utils import make_mocked_request
+from PIL import Image
+
+import build_workflows
+import demo
+import workflow_specs
+from comfy_graph import CAPTURE_NODE, SERVER, Graph
+from workflow_format import (
+    CONTROL_AFTER_GENERATE,
+    NOTE_TYPES,
+    UPLOAD_INPUT,
+    WorkflowFormatError,
+    api_prompt,
+    node_definitions,
+    node_layout,
+    ui_workflow,
+    with_widget_defaults,
+)
+
+TEMPLATES_DIR = Path(comfyui_workflow_templates.__file__).resolve().parent / "templates"
+MIN_TESTBED_PSNR_DB = 30.0
+PHOTO_CHECKPOINT = workflow_specs.SD15_CHECKPOINT
+
+
+@pytest.fixture(scope="module")
+def object_info():
+    """``object_info()``: GET /object_info answered now by ComfyUI's own route handler, on a
+    PromptServer that is built but not run (the executor's stub stays PromptServer.instance)."""
+    loop = asyncio.new_event_loop()
+    previous = server.PromptServer.instance
+    try:
+        prompt_server = server.PromptServer(loop)
+    finally:
+        server.PromptServer.instance = previous
+    handler = next(route.handler for route in prompt_server.routes
+                   if route.method == "GET" and getattr(route, "path", None) == "/object_info")
+
+    def get() -> dict:
+        response = loop.run_until_complete(handler(make_mocked_request("GET", "/object_info")))
+        return json.loads(response.body)
+
+    yield get
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def definitions() -> dict:
+    return node_definitions()
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Node definitions
+
+
+def test_definitions_equal_comfyuis_object_info(object_info, pack_loaded):
+    # Some combos list input files and folders, and describing Load3D creates input/3d: read once
+    # to settle that, then compare two fresh answers.
+    object_info()
+    object_info, definitions = object_info(), node_definitions()
+    assert server.PromptServer.instance is SERVER
+    assert "InvEditDDIMInversion" in definitions and "KSampler" in definitions and "LoadImage" in definitions
+    assert set(definitions) == set(object_info)
+    different = [name for name in object_info if definitions[name] != object_info[name]]
+    assert not different, different
+    assert definitions["InvEditReconstructionError"]["output_name"] == ["report", "heatmap", "psnr", "ssim"]
+    assert definitions["KSampler"]["input_order"]["required"][:2] == ["model", "seed"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Widget order as the frontend builds it
+
+
+def widget_names(definitions, class_type):
+    return [widget.name for widget in node_layout(definitions[class_type]).widgets]
+
+
+def test_widget_order_and_frontend_only_widgets(definitions):
+    # INT "seed" of a V1 node: the frontend's legacy rule adds control_after_generate right after it.
+    assert widget_names(definitions, "KSampler") == [
+        "seed", CONTROL_AFTER_GENERATE, "steps", "cfg", "sampler_name", "scheduler", "denoise"]
+    assert widget_names(definitions, "KSamplerAdvanced")[:5] == [
+        "add_noise", "noise_seed", CONTROL_AFTER_GENERATE, "steps", "cfg"]
+    # V3: control_after_generate=True adds it, an explicit False suppresses it, absent falls back to the name.
+    assert widget_names(definitions, "PrimitiveInt") == ["value", CONTROL_AFTER_GENERATE]
+    assert widget_names(definitions, "InvEditDDIMInversion")[-1] == "warm_start_seed"
+    assert widget_names(definitions, "InvEditTestbedHeldOutDigits") == ["count", "seed", CONTROL_AFTER_GENERATE]
+    # Image upload combos get the upload button's value after them.
+    assert widget_names(definitions, "LoadImage") == ["image", UPLOAD_INPUT]
+    # Sockets first, then one socket per widget input, each in input_order.
+    assert [(slot.name, slot.widget) for slot in node_layout(definitions["KSampler"]).inputs] == [
+        ("model", False), ("positive", False), ("negative", False), ("latent_image", False), ("seed", True),
+        ("steps", True), ("cfg", True), ("sampler_name", True), ("scheduler", True), ("denoise", True)]
+
+
+def test_a_linked_widget_keeps_its_value_slot(definitions):
+    graph = Graph()
+    steps = graph.node("PrimitiveInt", value=12)
+    loader = graph.node("InvEditTestbedModelLoader", verify=True)
+    text = graph.node("InvEditTestbedTextEncode", text_encoder=loader.out(1), text="")
+    latent = graph.node("InvEditTestLatent", arch="sd15", seed=0, batch=1, height=8, width=16)
+    inversion = graph.node("InvEditDDIMInversion", model=loader.out(0), positive=text, negative=text, latent=latent,
+                           steps=steps.out(0), warm_start_seed=3)
+    prompt = with_widget_defaults(graph.prompt, definitions)
+    workflow = json.loads(json.dumps(ui_workflow(prompt, definitions=definitions)))
+    node = next(node for node in workflow["nodes"] if node["id"] == int(inversion.node_id))
+    steps_input = next(entry for entry in node["inputs"] if entry["name"] == "steps")
+    assert steps_input["widget"] == {"name": "steps"} and steps_input["type"] == "INT"
+    link = next(link for link in workflow["links"] if link[0] == steps_input["link"])
+    assert link[1:] == [int(steps.node_id), 0, int(inversion.node_id), node["inputs"].index(steps_input), "INT"]
+    layout = node_layout(definitions["InvEditDDIMInversion"])
+    assert len(node["widgets_values"]) == len(layout.widgets)
+    steps_index = [widget.name for widget in layout.widgets].index("steps")
+    steps_default = definitions["InvEditDDIMInversion"]["input"]["required"]["steps"][1]["default"]
+    assert node["widgets_values"][steps_index] == steps_default
+    primitive = next(node for node in workflow["nodes"] if node["type"] == "PrimitiveInt")
+    assert primitive["widgets_values"] == [12, "fixed"]
+    assert api_prompt(workflow, definitions) == prompt
+    assert api_prompt(workflow, definitions)[inversion.node_id]["inputs"]["steps"] == [steps.node_id, 0]
+
+
+@pytest.mark.parametrize("make_graph", [
+    lambda graph: demo.testbed_graph(graph, count=2, seed=0, steps=10),
+    lambda graph: demo.checkpoint_graph(graph, "any.safetensors", "example.png", "a photo", steps=10),
+], ids=["testbed_graph", "checkpoint_graph"])
+def test_ui_round_trip_of_complete_graphs_is_exact(make_graph, definitions):
+    graph = Graph()
+    make_graph(graph)
+    assert with_widget_defaults(graph.prompt, definitions) == graph.prompt  # every widget value given
+    workflow = json.loads(json.dumps(ui_workflow(graph, title="t", notes="n", definitions=definitions)))
+    assert api_prompt(workflow, definitions) == graph.prompt
+    assert sum(node["type"] == "MarkdownNote" for node in workflow["nodes"]) == 1
+
+
+def test_bad_graphs_are_refused_with_a_reason(definitions):
+    graph = Graph()
+    graph.node("InvEditReconstruct", cfg=1.0, colour="red")
+    with pytest.raises(WorkflowFormatError, match="no input"):
+        ui_workflow(graph, definitions=definitions)
+    with pytest.raises(WorkflowFormatError, match="NoSuchNode"):
+        node_definitions(["NoSuchNode"])
+    stale = ui_workflow(with_widget_defaults({"1": {"class_type": "PrimitiveInt", "inputs": {}}}, definitions),
+                        definitions=definitions)
+    stale["nodes"][0]["widgets_values"].append(5)
+    with pytest.raises(WorkflowFormatError, match="another version"):
+        api_prompt(stale, definitions)
+    assert api_prompt(stale, definitions, strict=False) == {"1": {"class_type": "PrimitiveInt", "inputs": {"value": 0}}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Against workflows saved by the ComfyUI frontend (comfyui-workflow-templates, pinned by ComfyUI)
+
+# Each covers: seed control (V1 legacy names, V3 flag), image upload, widgets fed by links,
+# optional sockets, muted nodes (their links dropped).
+FRONTEND_SAVED = [
+    "image2image.json",
+    "controlnet_example.json",
+    "ltxv_image_to_video.json",
+    "video_wan_vace_outpainting.json",
+    "video_wan2_2_14B_fun_camera.json",
+    "video_wan_ati.json",
+    "video_wan2_2_5B_ti2v.json",  # a plain socket fed by a muted node
+]
+
+
+def live_nodes(workflow: dict) -> dict[int, dict]:
+    return {node["id"]: node for node in workflow["nodes"]
+            if node["type"] not in NOTE_TYPES and node.get("mode", 0) not in (2, 4)}
+
+
+def saved_inputs(node: dict) -> list[tuple]:
+    return [(entry["name"], entry["type"], entry.get("link") is not None, entry.get("widget"), entry.get("shape"))
+            for entry in node.get("inputs", [])]
+
+
+@pytest.mark.parametrize("name", FRONTEND_SAVED)
+def test_frontend_saved_workflows_convert_both_ways(name, definitions):
+    saved = load_json(TEMPLATES_DIR / name)
+    prompt = api_prompt(saved, definitions)
+    live = live_nodes(saved)
+    link_origin = {link[0]: link[1] for link in saved["links"]}
+    assert set(prompt) == {str(node_id) for node_id in live}
+    rebuilt = ui_workflow(prompt, definitions=definitions)
+    rebuilt_nodes = {node["id"]: node for node in rebuilt["nodes"]}
+    for node_id, node in live.items():
+        layout = node_layout(definitions[node["type"]])
+        mine = rebuilt_nodes[node_id]
+        linked = {entry["name"] for entry in node.get("inputs", []) if entry.get("link") is not None}
+        sent = [widget.input_name is not None and widget.name not in linked for widget in layout.widgets]
+        assert len(mine["widgets_values"]) == len(node["widgets_values"]) == len(layout.widgets)
+        assert [value for value, keep in zip(mine["widgets_values"], sent) if keep] == \
+               [value for value, keep in zip(node["widgets_values"], sent) if keep], node["type"]
+        # Saved: every plain socket and the widget sockets a link feeds. Muted sources are left
+        # out of the prompt, so links from them are not rebuilt.
+        expected = []
+        for entry in node.get("inputs", []):
+            from_live = entry.get("link") is not None and link_origin[entry["link"]] in live
+            if from_live or "widget" not in entry:
+                expected.append({**entry, "link": entry["link"] if from_live else None})
+        assert saved_inputs(mine) == saved_inputs({"inputs": expected}), node["type"]
+    saved_links = {tuple(link[1:5]) for link in saved["links"] if link[1] in live and link[3] in live}
+    assert {tuple(link[1:5]) for link in rebuilt["links"]} == saved_links
+
+
+def test_frontend_saved_prompt_values():
+    saved = load_json(TEMPLATES_DIR / "image2image.json")
+    prompt = api_prompt(saved)
+    assert prompt["3"] == {"class_type": "KSampler", "inputs": {
+        "seed": 280823642470253, "steps": 20, "cfg": 8, "sampler_name": "dpmpp_2m", "scheduler": "normal",
+        "denoise": 0.8700000000000001, "model": ["14", 0], "positive": ["6", 0], "negative": ["7", 0],
+        "latent_image": ["12", 0]}}
+    assert prompt["10"] == {"class_type": "LoadImage", "inputs": {"image": "example.png"}}
+
+
+def test_bypassed_nodes_pass_their_matching_input_on():
+    saved = load_json(TEMPLATES_DIR / "lora.json")  # LoraLoader 13 is bypassed (mode 4)
+    prompt = api_prompt(saved)
+    assert "13" not in prompt
+    assert prompt["3"]["inputs"]["model"] == ["11", 0]
+    assert prompt["6"]["inputs"]["clip"] == prompt["7"]["inputs"]["clip"] == ["11", 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped examples
+
+
+@pytest.mark.parametrize("name", sorted(workflow_specs.EXAMPLES))
+def test_shipped_workflow_round_trips_to_its_graph(name, definitions):
+    example = workflow_specs.build_example(name, definitions)
+    shipped = load_json(build_workflows.WORKFLOWS_DIR / f"{name}.json")
+    assert shipped == json.loads(build_workflows.render(example.ui(definitions)))
+    assert api_prompt(shipped, definitions) == example.graph.prompt
+    assert shipped["version"] == 0.4 and shipped["last_node_id"] == max(node["id"] for node in shipped["nodes"])
+    assert shipped["last_link_id"] == len(shipped["links"])
+    boxes = [(node["pos"][0], node["pos"][1] - 30, node["pos"][0] + node["size"][0], node["pos"][1] + node["size"][1])
+             for node in shipped["nodes"]]
+    overlapping = [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+                   if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]]
+    assert not overlapping
+
+
+def test_shipped_workflows_are_up_to_date():
+    assert build_workflows.stale_workflows() == [], "run: python scripts/build_workflows.py"
+
+
+def test_testbed_workflow_runs_and_reconstructs(run_graph, definitions):
+    prompt = api_prompt(load_json(build_workflows.WORKFLOWS_DIR / "testbed_ddim_reconstruction.json"), definitions)
+    error_id = next(node_id for node_id, node in prompt.items() if node["class_type"] == "InvEditReconstructionError")
+    prompt["psnr"] = {"class_type": CAPTURE_NODE, "inputs": {"key": "psnr", "value": [error_id, 2]}}
+    reconstruction = prompt[error_id]["inputs"]["result"]
+    prompt["result"] = {"class_type": CAPTURE_NODE, "inputs": {"key": "result", "value": reconstruction}}
+    result = run_graph(prompt)
+    image = result["result"]
+    assert image.shape == (workflow_specs.TESTBED_DIGIT_COUNT, 8, 16, 3)
+    assert bool(image.isfinite().all())
+    assert math.isfinite(result["psnr"]) and result["psnr"] > MIN_TESTBED_PSNR_DB
+
+
+def test_photo_workflow_validates_with_comfyui_loaders(tmp_path: Path, definitions):
+    checkpoint = tmp_path / "checkpoints" / PHOTO_CHECKPOINT
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"")  # validation only looks the name up; nothing is loaded
+    folder_paths.add_model_folder_path("checkpoints", str(checkpoint.parent))
+    image = Path(folder_paths.get_input_directory()) / workflow_specs.EXAMPLE_IMAGE
+    image.parent.mkdir(parents=True, exist_ok=True)
+    created = not image.exists()
+    if created:
+        Image.new("RGB", (64, 64)).save(image)
+    try:
+        prompt = api_prompt(load_json(build_workflows.WORKFLOWS_DIR / "ddim_inversion_photo.json"), definitions)
+        valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("photo", prompt, None))
+        assert valid and not node_errors, (error, node_errors)
+        used = {node["class_type"] for node in prompt.values()}
+        assert {"CheckpointLoaderSimple", "LoadImage", "VAEEncode", "CLIPTextEncode", "InvEditDDIMInversion",
+                "InvEditReconstruct", "VAEDecode", "SaveImage"} <= used
+        reconstruct = next(node for node in prompt.values() if node["class_type"] == "InvEditReconstruct")
+        assert reconstruct["inputs"]["cfg"] == 1.0
+    finally:
+        if created:
+            image.unlink()
