@@ -17,7 +17,7 @@ import torch
 def blend_with_empty(source: torch.Tensor, empty: torch.Tensor, empty_weight: float) -> torch.Tensor:
     """``(1 - w) * source + w * empty`` for text contexts ``[B, L, D]`` or pooled outputs ``[B, P]``.
 
-    ``empty_weight`` 0 is pure negative-prompt inversion; 1 is the plain empty prompt.
+    ``empty_weight`` 0 is pure negative-prompt inversion; 1 is exactly the empty prompt.
     """
     if not 0.0 <= empty_weight <= 1.0:
         raise ValueError(f"empty_weight must be in [0, 1], got {empty_weight}.")
@@ -29,5 +29,4 @@ def blend_with_empty(source: torch.Tensor, empty: torch.Tensor, empty_weight: fl
             "shape: blending needs prompts of the same token length (set the blend to 0, or shorten the prompt to "
             "one 77-token chunk)."
         )
-    empty = empty.to(source.device, source.dtype)
-    return source + (empty - source) * empty_weight
+    return torch.lerp(source, empty.to(source.device, source.dtype), empty_weight)

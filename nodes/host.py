@@ -81,8 +81,8 @@ def model_fingerprint(model) -> dict[str, str]:
     """Identity of a MODEL, cheap to compute: what a saved inversion is checked against.
 
     Returns ``{"architecture", "weights", "patches"}`` hex digests: the model class, its UNet
-    config and noise schedule; a sample of every base weight tensor (keys that carry patches
-    are left out, so loading state does not matter); the weight patches (LoRA) with their
+    config and noise schedule; a sample of every base weight tensor (unpatched: weights a loaded
+    patcher changed in place are read from its backup); the weight patches (LoRA) with their
     strengths. Model patches that only change sampling options are not included.
     """
     base = model.model
@@ -93,7 +93,9 @@ def model_fingerprint(model) -> dict[str, str]:
     architecture.update(sampling.sigmas.detach().to("cpu", torch.float32).numpy().tobytes())
     weights = hashlib.sha256()
     for key, tensor in sorted(base.state_dict().items()):
-        if key not in model.patches and tensor.numel() > 0:
+        if key in model.backup:  # patched in place while loaded: the original is kept here
+            tensor = model.backup[key].weight
+        if tensor.numel() > 0:
             weights.update(key.encode() + _tensor_sample(tensor))
     patches = hashlib.sha256()
     for key in sorted(model.patches):
