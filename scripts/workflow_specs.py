@@ -174,3 +174,145 @@ def ddim_inversion_photo() -> ExampleWorkflow:
     reference = workflow.title_node(source.decode(source.latent), "VAE round trip (reference)")
     workflow.graph.node("InvEditReconstructionError", reference=reference, result=result, heatmap_gain=4.0)
     return workflow
+
+
+# ---------------------------------------------------------------------------------------------
+# Closing the guidance gap: null-text, negative-prompt and direct inversion
+
+EDIT_GUIDANCE = 7.5  # the guidance the references edit with
+TESTBED_NULL_TEXT_DIGITS = 2  # null-text takes gradients: keep the test-bed example quick on a CPU
+EXAMPLE_EDIT_PROMPT = "a child's drawing of a girl with red hair in a pink dress on a green hill under a blue sky"
+GAP_METHODS = {
+    "null_text": ("InvEditNullTextInversion", "Null-text Inversion"),
+    "negative_prompt": ("InvEditNegativePromptInversion", "Negative-Prompt Inversion"),
+    "direct_inversion": ("InvEditDirectInversion", "Direct Inversion"),
+}
+GAP_NOTES = {
+    "null_text": "**Null-text Inversion** optimises the empty prompt's embedding for every step (about 10 Adam "
+                 "steps each, a progress bar with a live loss plot) so that sampling at cfg 7.5 retraces the "
+                 "inversion. Slow once, then **Save Inversion** keeps it: load it with Load Inversion and edit "
+                 "many times.",
+    "negative_prompt": "**Negative-Prompt Inversion** uses the source prompt as the unconditional prompt: no "
+                       "optimisation, instant, close to null-text fidelity. `empty_prompt_weight` blends the empty "
+                       "prompt back in for stronger edits.",
+    "direct_inversion": "**Direct Inversion** puts the source back on the recorded inversion after every step, so "
+                        "the reconstruction is exact at any cfg (free). Edited rows run freely; with InvEdit's "
+                        "editing nodes they take the source's attention from the true trajectory.",
+}
+
+
+def method_inversion(source: Source, method: str, steps: int = STEPS) -> tuple[NodeRef, NodeRef]:
+    """DDIM inversion at guidance 1, then the gap-closing node: returns (DDIM inversion, method node)."""
+    g = source.workflow.graph
+    inversion = g.node("InvEditDDIMInversion", model=source.model, positive=source.positive, negative=source.negative,
+                       latent=source.latent, steps=steps, inversion_cfg=1.0, scheduler=SCHEDULER, clean_level="zero")
+    node_type, title = GAP_METHODS[method]
+    inputs = {"inversion": inversion.out(1)}
+    if method == "null_text":
+        inputs.update(model=source.model, guidance=EDIT_GUIDANCE)
+    closed = source.workflow.title_node(g.node(node_type, **inputs), title)
+    return inversion, closed
+
+
+def guided_reconstruction(source: Source, inversion_link: list, title: str) -> NodeRef:
+    """Reconstruct an INVERSION at the editing guidance, decoded."""
+    rebuilt = source.workflow.graph.node("InvEditReconstruct", model=source.model, positive=source.positive,
+                                         negative=source.negative, inversion=inversion_link, cfg=EDIT_GUIDANCE)
+    return source.workflow.title_node(source.decode(rebuilt), title)
+
+
+def gap_workflow(method: str, source_of: Callable[[ExampleWorkflow], Source], title: str, intro: str,
+                 compare_with: Callable[[Source], NodeRef] | None = None) -> ExampleWorkflow:
+    """Invert at guidance 1, close the gap with ``method``, reconstruct at 7.5 beside plain DDIM."""
+    return gap_workflow_parts(method, source_of, title, intro, compare_with)[0]
+
+
+def gap_workflow_parts(method: str, source_of: Callable[[ExampleWorkflow], Source], title: str, intro: str,
+                       compare_with: Callable[[Source], NodeRef] | None = None
+                       ) -> tuple[ExampleWorkflow, Source, NodeRef, NodeRef]:
+    """:func:`gap_workflow` and its parts: (workflow, source, DDIM inversion node, method node)."""
+    workflow = ExampleWorkflow(
+        Graph(), title,
+        intro + "\n\n" + GAP_NOTES[method] + "\n\n"
+        f"**Plain DDIM at cfg {EDIT_GUIDANCE:g}** shows the guidance gap the method closes; **Reconstruction "
+        "Error** scores the method's reconstruction.",
+    )
+    source = source_of(workflow)
+    inversion, closed = method_inversion(source, method)
+    g = workflow.graph
+    g.node("PreviewImage", images=guided_reconstruction(source, inversion.out(1), f"Plain DDIM at cfg {EDIT_GUIDANCE:g}"))
+    result = guided_reconstruction(source, closed.out(0), f"{GAP_METHODS[method][1]} at cfg {EDIT_GUIDANCE:g}")
+    g.node("PreviewImage", images=result)
+    reference = compare_with(source) if compare_with is not None else source.image
+    g.node("InvEditReconstructionError", reference=reference, result=result, heatmap_gain=4.0)
+    return workflow, source, inversion, closed
+
+
+TESTBED_INTRO = ("Runs on InvEdit's shipped test-bed model (no download): held-out handwritten digits with prompts "
+                 f"like *a photo of three and seven*, inverted at guidance 1 ({STEPS} steps) and reconstructed at "
+                 f"cfg {EDIT_GUIDANCE:g}.")
+PHOTO_INTRO = (f"Needs `{SD15_CHECKPOINT}` in `models/checkpoints`. Load your image and describe it in **Source "
+               f"prompt**; it is inverted at guidance 1 ({STEPS} steps) and reconstructed at cfg {EDIT_GUIDANCE:g}.")
+
+
+def _testbed(count: int) -> Callable[[ExampleWorkflow], Source]:
+    return lambda workflow: testbed_source(workflow, count=count)
+
+
+def _photo(workflow: ExampleWorkflow) -> Source:
+    return checkpoint_source(workflow, EXAMPLE_IMAGE_PROMPT)
+
+
+def _vae_round_trip(source: Source) -> NodeRef:
+    return source.workflow.title_node(source.decode(source.latent), "VAE round trip (reference)")
+
+
+@example("testbed_null_text")
+def testbed_null_text() -> ExampleWorkflow:
+    return gap_workflow("null_text", _testbed(TESTBED_NULL_TEXT_DIGITS), "Null-text inversion on the test-bed model",
+                        TESTBED_INTRO)
+
+
+@example("testbed_negative_prompt")
+def testbed_negative_prompt() -> ExampleWorkflow:
+    return gap_workflow("negative_prompt", _testbed(TESTBED_DIGIT_COUNT),
+                        "Negative-prompt inversion on the test-bed model", TESTBED_INTRO)
+
+
+@example("testbed_direct_inversion")
+def testbed_direct_inversion() -> ExampleWorkflow:
+    return gap_workflow("direct_inversion", _testbed(TESTBED_DIGIT_COUNT), "Direct inversion on the test-bed model",
+                        TESTBED_INTRO)
+
+
+@example("null_text_photo")
+def null_text_photo() -> ExampleWorkflow:
+    workflow, source, inversion, closed = gap_workflow_parts(
+        "null_text", _photo, "Null-text inversion of a photo, saved, then edited (SD 1.5)",
+        PHOTO_INTRO + "\n\nThe last column edits with **Inversion Guider** in SamplerCustomAdvanced: same noise, "
+        "same null-text embeddings, an edited prompt (a plain edit: attention control comes with the editing nodes).",
+        compare_with=_vae_round_trip)
+    g = workflow.graph
+    saved = g.node("InvEditSaveInversion", inversion=closed.out(0), file_name="invedit/null_text_example")
+    clip = g.prompt[source.positive.node_id]["inputs"]["clip"]
+    edit_prompt = workflow.title_node(g.node("CLIPTextEncode", clip=clip, text=EXAMPLE_EDIT_PROMPT), "Edited prompt")
+    guider = g.node("InvEditInversionGuider", model=source.model, positive=edit_prompt, inversion=saved.out(0),
+                    cfg=EDIT_GUIDANCE)
+    edited = g.node("SamplerCustomAdvanced", noise=g.node("DisableNoise"), guider=guider,
+                    sampler=g.node("KSamplerSelect", sampler_name="ddim"), sigmas=inversion.out(2),
+                    latent_image=inversion.out(0))
+    decoded = workflow.title_node(source.decode(edited.out(0)), "Edit")
+    g.node("SaveImage", images=decoded, filename_prefix="InvEdit/null_text_edit")
+    return workflow
+
+
+@example("negative_prompt_photo")
+def negative_prompt_photo() -> ExampleWorkflow:
+    return gap_workflow("negative_prompt", _photo, "Negative-prompt inversion of a photo (SD 1.5)", PHOTO_INTRO,
+                        compare_with=_vae_round_trip)
+
+
+@example("direct_inversion_photo")
+def direct_inversion_photo() -> ExampleWorkflow:
+    return gap_workflow("direct_inversion", _photo, "Direct inversion of a photo (SD 1.5)", PHOTO_INTRO,
+                        compare_with=_vae_round_trip)

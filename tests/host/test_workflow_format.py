@@ -262,20 +262,37 @@ def test_shipped_workflows_are_up_to_date():
     assert build_workflows.stale_workflows() == [], "run: python scripts/build_workflows.py"
 
 
-def test_testbed_workflow_runs_and_reconstructs(run_graph, definitions):
-    prompt = api_prompt(load_json(build_workflows.WORKFLOWS_DIR / "testbed_ddim_reconstruction.json"), definitions)
+# Reconstruction PSNR each shipped test-bed workflow must reach (measured: DDIM at cfg 1 about 38 dB,
+# null-text and negative-prompt at cfg 7.5 about 28-38 dB, direct inversion exact).
+TESTBED_WORKFLOW_PSNR_DB = {
+    "testbed_ddim_reconstruction": MIN_TESTBED_PSNR_DB,
+    "testbed_null_text": 25.0,
+    "testbed_negative_prompt": MIN_TESTBED_PSNR_DB,
+    "testbed_direct_inversion": 60.0,
+}
+PHOTO_WORKFLOWS = sorted(name for name in workflow_specs.EXAMPLES if name.endswith("_photo"))
+
+
+def test_every_testbed_workflow_has_a_bound():
+    assert sorted(TESTBED_WORKFLOW_PSNR_DB) == sorted(n for n in workflow_specs.EXAMPLES if n.startswith("testbed_"))
+
+
+@pytest.mark.parametrize("name", sorted(TESTBED_WORKFLOW_PSNR_DB))
+def test_testbed_workflow_runs_and_reconstructs(run_graph, definitions, name):
+    prompt = api_prompt(load_json(build_workflows.WORKFLOWS_DIR / f"{name}.json"), definitions)
     error_id = next(node_id for node_id, node in prompt.items() if node["class_type"] == "InvEditReconstructionError")
     prompt["psnr"] = {"class_type": CAPTURE_NODE, "inputs": {"key": "psnr", "value": [error_id, 2]}}
     reconstruction = prompt[error_id]["inputs"]["result"]
     prompt["result"] = {"class_type": CAPTURE_NODE, "inputs": {"key": "result", "value": reconstruction}}
     result = run_graph(prompt)
     image = result["result"]
-    assert image.shape == (workflow_specs.TESTBED_DIGIT_COUNT, 8, 16, 3)
+    assert image.shape[1:] == (8, 16, 3) and image.shape[0] >= 1
     assert bool(image.isfinite().all())
-    assert math.isfinite(result["psnr"]) and result["psnr"] > MIN_TESTBED_PSNR_DB
+    assert result["psnr"] > TESTBED_WORKFLOW_PSNR_DB[name]
 
 
-def test_photo_workflow_validates_with_comfyui_loaders(tmp_path: Path, definitions):
+@pytest.mark.parametrize("name", PHOTO_WORKFLOWS)
+def test_photo_workflow_validates_with_comfyui_loaders(tmp_path: Path, definitions, name):
     checkpoint = tmp_path / "checkpoints" / PHOTO_CHECKPOINT
     checkpoint.parent.mkdir()
     checkpoint.write_bytes(b"")  # validation only looks the name up; nothing is loaded
@@ -286,14 +303,12 @@ def test_photo_workflow_validates_with_comfyui_loaders(tmp_path: Path, definitio
     if created:
         Image.new("RGB", (64, 64)).save(image)
     try:
-        prompt = api_prompt(load_json(build_workflows.WORKFLOWS_DIR / "ddim_inversion_photo.json"), definitions)
+        prompt = api_prompt(load_json(build_workflows.WORKFLOWS_DIR / f"{name}.json"), definitions)
         valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("photo", prompt, None))
         assert valid and not node_errors, (error, node_errors)
         used = {node["class_type"] for node in prompt.values()}
         assert {"CheckpointLoaderSimple", "LoadImage", "VAEEncode", "CLIPTextEncode", "InvEditDDIMInversion",
-                "InvEditReconstruct", "VAEDecode", "SaveImage"} <= used
-        reconstruct = next(node for node in prompt.values() if node["class_type"] == "InvEditReconstruct")
-        assert reconstruct["inputs"]["cfg"] == 1.0
+                "InvEditReconstruct", "VAEDecode"} <= used
     finally:
         if created:
             image.unlink()
