@@ -94,7 +94,7 @@ def measure(nodes_map, metrics, count: int, seed: int) -> dict:
                          "optimisation s": report["seconds"]})
         add("direct inversion", score(direct.execute(inversion=record).result[0]))
     for row in sums.values():
-        row["MSE ratio (DDIM / method)"] = sums[PLAIN]["MSE"] / max(row["MSE"], 1e-12)
+        row["MSE ratio (DDIM / method)"] = sums[PLAIN]["MSE"] / row["MSE"] if row["MSE"] > 0 else None
     return sums
 
 
@@ -107,7 +107,9 @@ def markdown(rows: dict, count: int) -> str:
         cells = []
         for column in columns:
             value = row.get(column)
-            if value is None:
+            if column == "MSE ratio (DDIM / method)" and row["MSE"] == 0.0:
+                cells.append("exact")
+            elif value is None:
                 cells.append("")
             elif column == "gradient steps":
                 cells.append(f"{value:.0f}")
