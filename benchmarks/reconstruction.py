@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from comfy_headless import REPO_ROOT, boot_comfyui, comfyui_path_from_env, import_pack_as_package, inversion_options, load_pack  # noqa: E402
+from comfy_headless import REPO_ROOT, boot_with_pack, inversion_options  # noqa: E402
 
 STEPS = 50
 SSIM_ENLARGEMENT = 4
@@ -146,10 +145,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-    nodes = boot_comfyui(comfyui_path_from_env(), Path(tempfile.mkdtemp(prefix="invedit-bench-")))
-    if not load_pack(nodes):
-        raise SystemExit("ComfyUI could not load InvEdit; see the log above.")
-    import_pack_as_package()
+    nodes = boot_with_pack("invedit-bench-")
     from invedit.inversion import metrics
     with torch.inference_mode():
         rows = measure(nodes.NODE_CLASS_MAPPINGS, metrics, args.count, args.seed)

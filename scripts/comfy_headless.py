@@ -86,6 +86,20 @@ def import_pack_as_package(name: str = "invedit"):
     return module
 
 
+def boot_with_pack(prefix: str = "invedit-"):
+    """Boot ComfyUI in a fresh temporary base folder, load InvEdit and import it as ``invedit``.
+
+    Returns ComfyUI's ``nodes`` module; exits with a message when the pack does not load.
+    """
+    import tempfile
+
+    nodes = boot_comfyui(comfyui_path_from_env(), Path(tempfile.mkdtemp(prefix=prefix)))
+    if not load_pack(nodes):
+        raise SystemExit("ComfyUI could not load InvEdit; see the log above.")
+    import_pack_as_package()
+    return nodes
+
+
 def inversion_options(**overrides) -> dict:
     """The shared inversion options at their node defaults, with ``overrides`` (after boot)."""
     import_pack_as_package()
