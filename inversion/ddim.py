@@ -168,6 +168,32 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, sigma_from: torch.Tensor,
     return x + eps * (sigma_to - sigma_from)
 
 
+def denoised_landing_on(x: torch.Tensor, x0_pred: torch.Tensor, sigma_from: float, sigma_to: float,
+                        x_next: torch.Tensor, x_wanted: torch.Tensor) -> torch.Tensor:
+    """The clean estimate that makes one DDIM step from ``x`` land on ``x_wanted`` instead of ``x_next``.
+
+    A deterministic DDIM (Euler) step is ``x_next = a x + (1 - a) x0`` with ``a = sigma_to / sigma_from``,
+    so the state after the step is steered to ``x_wanted`` (a source row put back on its recorded
+    trajectory, a LocalBlend) by giving the sampler
+    ``x0' = x0 + (x_wanted - x_next) / (1 - a)``. Elements where ``x_wanted`` equals ``x_next``
+    keep ``x0`` bit for bit. Exact for samplers that make one such step per model call (ddim,
+    euler, :func:`replay`), up to rounding.
+
+    Args:
+        x: ``[B, C, H, W]`` state at ``sigma_from``.
+        x0_pred: ``[B, C, H, W]`` the model's (guided) clean estimate at ``x``.
+        sigma_from, sigma_to: the step's levels (``sigma_to < sigma_from``).
+        x_next: the state the plain step reaches, ``x + (x - x0_pred) / sigma_from * (sigma_to - sigma_from)``.
+        x_wanted: the state the step must reach.
+
+    Returns:
+        ``[B, C, H, W]`` the clean estimate to hand to the sampler.
+    """
+    if not sigma_to < sigma_from:
+        raise ValueError(f"A step must go down in sigma to be steered; got {sigma_from} -> {sigma_to}.")
+    return x0_pred + (x_wanted - x_next) / (1.0 - sigma_to / sigma_from)
+
+
 def _aggregate_at(x: torch.Tensor, sigma: torch.Tensor, x_prev: torch.Tensor,
                   sigma_prev: torch.Tensor, eta: float) -> torch.Tensor:
     """EasyInv mixing on the DDPM scale; the result is a state at ``sigma``."""

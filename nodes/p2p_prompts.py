@@ -1,0 +1,338 @@
+"""Prompts of a Prompt-to-Prompt edit, tokenized by the model's own text encoder, and the edit plan.
+
+Two text encoders are understood: a ComfyUI CLIP (SD1.x, SD2.x, SDXL; prompts of any length, in
+75-token chunks) and the test-bed's own encoder (``INVEDIT_TESTBED_TEXT``). Each gives, per prompt,
+the token ids as they sit in the cross-attention keys, the decoded piece of every token (``None``
+for start/end/padding tokens) and the encoded CONDITIONING; the pure library
+(:class:`~invedit.attention.TokenizedPrompt`) maps words to key positions from those.
+
+:class:`EditPlan` bundles what the sampling nodes need: the prompts, one conditioning row per
+batch row and the controller settings; :func:`build_edit_plan` makes one from node inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from ..attention import (
+    CrossMapStore,
+    CrossSchedule,
+    LocalBlend,
+    PromptEdit,
+    PromptEditError,
+    PromptToPrompt,
+    Refine,
+    Reweight,
+    SelfInjection,
+    StepWindow,
+    TokenizedPrompt,
+    WordSwap,
+)
+from .host import InvEditInputError
+
+MODE_SWAP = "word swap"
+MODE_REFINE = "refine"
+MODE_REWEIGHT = "reweight"
+MODES = (MODE_SWAP, MODE_REFINE, MODE_REWEIGHT)
+
+NEUTRAL_WEIGHT = 1.0
+"""ComfyUI's token weight without (word:weight) emphasis."""
+NON_WORD_ID = 0
+"""ComfyUI's word id of start, end and padding tokens."""
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """A prompt as the model sees it: tokens, pieces and its one-row CONDITIONING."""
+
+    prompt: TokenizedPrompt
+    context: torch.Tensor
+    options: dict
+
+
+def _edit_error(error: PromptEditError) -> InvEditInputError:
+    return InvEditInputError(str(error))
+
+
+def _is_testbed_encoder(text_encoder) -> bool:
+    return hasattr(text_encoder, "token_embedding") and hasattr(text_encoder, "encode")
+
+
+def _is_clip(text_encoder) -> bool:
+    return all(hasattr(text_encoder, name) for name in ("tokenize", "encode_from_tokens_scheduled", "tokenizer"))
+
+
+def encode_testbed(text_encoder, text: str) -> EncodedPrompt:
+    """A prompt through the test-bed's closed-vocabulary tokenizer and embedding."""
+    from ..testbed import vocabulary
+
+    try:
+        token_ids = vocabulary.tokenize(text)
+    except vocabulary.UnknownWordError as error:
+        raise InvEditInputError(str(error)) from error
+    pieces = [None if token == vocabulary.PAD_ID else vocabulary.VOCABULARY[token] for token in token_ids]
+    with torch.no_grad():
+        context = text_encoder(torch.tensor([token_ids], device=text_encoder.token_embedding.device))
+    try:
+        prompt = TokenizedPrompt.from_pieces(text, token_ids, pieces)
+    except PromptEditError as error:
+        raise _edit_error(error) from error
+    return EncodedPrompt(prompt, context.detach().float().cpu(), {})
+
+
+def _clip_piece(clip, token: int) -> str:
+    """The decoded vocabulary entry of one token (``"cat</w>"``)."""
+    return clip.tokenizer.untokenize([(token, NEUTRAL_WEIGHT)])[0][1]
+
+
+def encode_clip(clip, text: str) -> EncodedPrompt:
+    """A prompt through a ComfyUI CLIP: its tokenizer's chunks, concatenated as the keys are.
+
+    Raises:
+        InvEditInputError: the prompt uses (word:weight) emphasis or an embedding, or the text
+            encoder's tokenizers disagree about the token positions.
+    """
+    tokens = clip.tokenize(text, return_word_ids=True)
+    sequences = {}
+    for name, chunks in tokens.items():
+        flat = [entry for chunk in chunks for entry in chunk]
+        if any(not isinstance(entry[0], int) for entry in flat):
+            raise InvEditInputError(
+                f"The prompt {text!r} uses a textual-inversion embedding; Prompt-to-Prompt needs plain words so it "
+                "can find each word's tokens. Write the words out instead of embedding:name."
+            )
+        if any(float(entry[1]) != NEUTRAL_WEIGHT for entry in flat):
+            raise InvEditInputError(
+                f"The prompt {text!r} uses (word:weight) emphasis or brackets. Prompt-to-Prompt finds words by "
+                "their tokens and reweights attention itself: remove the brackets and use the edit's reweight input."
+            )
+        sequences[name] = flat
+    first_name, first = next(iter(sequences.items()))
+    layout = [(entry[2] != NON_WORD_ID) for entry in first]
+    for name, flat in sequences.items():
+        if [(entry[2] != NON_WORD_ID) for entry in flat] != layout:
+            raise InvEditInputError(
+                f"The text encoder's tokenizers {first_name!r} and {name!r} place the words of {text!r} at different "
+                "key positions; Prompt-to-Prompt needs one token layout (use an SD1.x, SD2.x or SDXL CLIP)."
+            )
+    token_ids = [int(entry[0]) for entry in first]
+    pieces = [_clip_piece(clip, token) if is_word else None for token, is_word in zip(token_ids, layout)]
+    try:
+        prompt = TokenizedPrompt.from_pieces(text, token_ids, pieces)
+    except PromptEditError as error:
+        raise InvEditInputError(
+            f"{error} (ComfyUI's tokenizer rewrote the prompt {text!r}: write it without special characters.)"
+        ) from error
+    conditioning = clip.encode_from_tokens_scheduled(tokens)
+    if len(conditioning) != 1:
+        raise InvEditInputError(
+            "The CLIP carries scheduled hooks (several conditionings per prompt); Prompt-to-Prompt needs one: "
+            "remove the CLIP hook nodes."
+        )
+    context, options = conditioning[0]
+    if context.shape[1] != len(token_ids):
+        raise InvEditInputError(
+            f"The text encoder gave {context.shape[1]} context rows for {len(token_ids)} tokens of {text!r}; "
+            "Prompt-to-Prompt needs one context row per token (an SD1.x, SD2.x or SDXL CLIP)."
+        )
+    return EncodedPrompt(prompt, context, dict(options))
+
+
+def encode_prompt(text_encoder, text: str) -> EncodedPrompt:
+    """Tokenize and encode ``text`` with a ComfyUI CLIP or the test-bed text encoder."""
+    if _is_testbed_encoder(text_encoder):
+        return encode_testbed(text_encoder, text)
+    if _is_clip(text_encoder):
+        return encode_clip(text_encoder, text)
+    raise InvEditInputError(
+        f"Expected a CLIP (Load Checkpoint) or the test-bed's text encoder, got {type(text_encoder).__name__}."
+    )
+
+
+def batch_conditioning(encoded: Sequence[EncodedPrompt]) -> list:
+    """One CONDITIONING whose context (and pooled output) has one row per prompt, source first.
+
+    Raises:
+        InvEditInputError: the prompts encode to contexts of different lengths or widths.
+    """
+    shapes = [tuple(e.context.shape[1:]) for e in encoded]
+    if len(set(shapes)) != 1:
+        lengths = ", ".join(f"{e.prompt.text!r}: {e.context.shape[1]} tokens" for e in encoded)
+        raise InvEditInputError(
+            f"The prompts encode to contexts of different lengths ({lengths}). A prompt longer than 75 tokens takes "
+            "another 77-token chunk: shorten the longer prompt or lengthen the shorter one so that all prompts "
+            "take the same number of chunks."
+        )
+    context = torch.cat([e.context for e in encoded])
+    options = dict(encoded[0].options)
+    pooled = [e.options.get("pooled_output") for e in encoded]
+    if all(p is not None for p in pooled):
+        options["pooled_output"] = torch.cat(pooled)
+    return [[context, options]]
+
+
+# --------------------------------------------------------------------------------------------
+# Word lists written in node inputs
+
+
+def parse_word_values(text: str, what: str, example: str) -> dict[str, str]:
+    """``"word: value, two words: value"`` -> ``{word: value}`` (entries separated by commas)."""
+    values: dict[str, str] = {}
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        word, sep, value = entry.rpartition(":")
+        if not sep or not word.strip() or not value.strip():
+            raise InvEditInputError(f"Could not read {entry!r} in the {what}: write entries like {example!r}.")
+        values[word.strip()] = value.strip()
+    return values
+
+
+def parse_reweight(text: str) -> dict[str, float]:
+    """``"fluffy: 2, red: 0.5"`` -> scales per word."""
+    values = parse_word_values(text, "reweight words", "fluffy: 2.0, red: 0.5")
+    try:
+        return {word: float(value) for word, value in values.items()}
+    except ValueError as error:
+        raise InvEditInputError(f"A reweight scale is not a number ({error}): write e.g. 'fluffy: 2.0'.") from error
+
+
+def parse_windows(text: str) -> dict[str, tuple[float, float]]:
+    """``"tiger: 0-0.4, hat: 0.2-1"`` -> per-word step windows (fractions of the run)."""
+    windows = {}
+    for word, value in parse_word_values(text, "word windows", "tiger: 0-0.4").items():
+        start, sep, end = value.partition("-")
+        try:
+            windows[word] = (float(start), float(end)) if sep else (0.0, float(start))
+        except ValueError as error:
+            raise InvEditInputError(
+                f"The window {value!r} of {word!r} is not 'start-end' (fractions of the steps, e.g. 0-0.4)."
+            ) from error
+        if not 0.0 <= windows[word][0] <= windows[word][1] <= 1.0:
+            raise InvEditInputError(f"The window of {word!r} must satisfy 0 <= start <= end <= 1; got {value!r}.")
+    return windows
+
+
+def parse_blend_words(text: str, rows: int) -> Optional[list[list[str]]]:
+    """``"cat; tiger"`` -> blend words per prompt (source first); one group applies to every prompt."""
+    if not text.strip():
+        return None
+    groups = [[w.strip() for w in group.split(",") if w.strip()] for group in text.split(";")]
+    if len(groups) == 1:
+        groups = groups * rows
+    if len(groups) != rows or not all(groups):
+        raise InvEditInputError(
+            f"Give the blend words as one group per prompt, source first, separated by ';' (e.g. 'cat; tiger'), "
+            f"or a single group for all prompts; got {len(groups)} group(s) for {rows} prompts."
+        )
+    return groups
+
+
+# --------------------------------------------------------------------------------------------
+# The edit plan
+
+
+@dataclass(frozen=True)
+class BlendSettings:
+    """LocalBlend settings: words per prompt (source first) and the mask rule."""
+
+    words: tuple[tuple[str, ...], ...]
+    start: float
+    threshold: float
+    layer_downsample: int
+
+
+@dataclass(frozen=True)
+class EditPlan:
+    """A Prompt-to-Prompt edit ready to sample (the ``INVEDIT_P2P_EDIT`` value).
+
+    Attributes:
+        prompts: source first, then one per edited row.
+        conditioning: CONDITIONING with one context row per prompt (``[1+E, L, D]``).
+        edits: per edited row, its cross-attention edit and schedule.
+        self_injection: self-attention injection, or None.
+        blend: LocalBlend settings, or None.
+        settings: the node inputs it was made from (JSON-able).
+    """
+
+    prompts: tuple[TokenizedPrompt, ...]
+    conditioning: list
+    edits: tuple[PromptEdit, ...]
+    self_injection: Optional[SelfInjection]
+    blend: Optional[BlendSettings]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        """Batch rows: the source and one per edited prompt."""
+        return len(self.prompts)
+
+    def controller(self, map_store: Optional[CrossMapStore] = None) -> PromptToPrompt:
+        """A fresh controller for one sampling run (its LocalBlend and store start empty)."""
+        local_blend = None
+        if self.blend is not None:
+            local_blend = LocalBlend.from_words(self.prompts, [list(w) for w in self.blend.words],
+                                                start=self.blend.start, threshold=self.blend.threshold,
+                                                layer_downsample=self.blend.layer_downsample)
+        return PromptToPrompt(self.edits, self_injection=self.self_injection, local_blend=local_blend,
+                              map_store=map_store)
+
+
+def _cross_edit(mode: str, source: TokenizedPrompt, target: TokenizedPrompt, scales: Mapping[str, float]):
+    if mode == MODE_SWAP:
+        base = WordSwap.from_prompts(source, target)
+    elif mode == MODE_REFINE:
+        base = Refine.from_prompts(source, target)
+    elif mode == MODE_REWEIGHT:
+        if not scales:
+            raise PromptEditError("Reweight mode needs reweight words with their scales, e.g. 'seven: 2.0'.")
+        base = None if source.token_ids == target.token_ids else Refine.from_prompts(source, target)
+    else:
+        raise InvEditInputError(f"Unknown mode {mode!r}; pick one of {MODES}.")
+    return Reweight.from_words(target, scales, base) if scales else base
+
+
+def build_edit_plan(text_encoder, source_prompt: str, target_prompts: str, mode: str, cross_replace: float,
+                    self_replace: float, self_max_queries: int, word_windows: str = "", reweight: str = "",
+                    blend_words: str = "", blend_start: float = 0.2, blend_threshold: float = 0.3,
+                    blend_layer_downsample: int = 4) -> EditPlan:
+    """An :class:`EditPlan` from the edit node's inputs (see the node's tooltips).
+
+    Raises:
+        InvEditInputError: with a message that says what to change (word counts of a swap, words
+            missing from a prompt, prompts that tokenize differently, contexts of different lengths).
+    """
+    targets = [line.strip() for line in target_prompts.splitlines() if line.strip()]
+    if not source_prompt.strip() or not targets:
+        raise InvEditInputError("Write the source prompt and at least one edited prompt (one per line).")
+    encoded = [encode_prompt(text_encoder, text) for text in [source_prompt.strip(), *targets]]
+    source = encoded[0].prompt
+    scales = parse_reweight(reweight)
+    windows = parse_windows(word_windows)
+    try:
+        edits = tuple(
+            PromptEdit(_cross_edit(mode, source, e.prompt, scales),
+                       CrossSchedule.from_words(e.prompt, StepWindow(0.0, cross_replace), windows))
+            for e in encoded[1:]
+        )
+        groups = parse_blend_words(blend_words, len(encoded))
+        blend = None
+        if groups is not None:
+            blend = BlendSettings(tuple(tuple(g) for g in groups), blend_start, blend_threshold, blend_layer_downsample)
+            LocalBlend.from_words([e.prompt for e in encoded], groups)  # checks the words now, not while sampling
+    except PromptEditError as error:
+        raise _edit_error(error) from error
+    self_injection = None
+    if self_replace > 0.0:
+        self_injection = SelfInjection(StepWindow(0.0, self_replace), self_max_queries)
+    settings = {"source_prompt": source_prompt, "target_prompts": targets, "mode": mode,
+                "cross_replace": cross_replace, "self_replace": self_replace, "self_max_queries": self_max_queries,
+                "word_windows": word_windows, "reweight": reweight, "blend_words": blend_words,
+                "blend_start": blend_start, "blend_threshold": blend_threshold,
+                "blend_layer_downsample": blend_layer_downsample}
+    return EditPlan(tuple(e.prompt for e in encoded), batch_conditioning(encoded), edits, self_injection, blend,
+                    settings)
