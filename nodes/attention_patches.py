@@ -38,8 +38,7 @@ from .unconditioning import InversionGuider, step_for_sigma
 ATTENTION_KINDS = ("attn1", "attn2")
 """Self attention (``attn1``) and cross attention (``attn2``) of a transformer block."""
 
-UNET_BLOCK_LISTS = (("input", "input_blocks"), ("output", "output_blocks"))
-MIDDLE_BLOCK = ("middle", "middle_block")
+UNET_BLOCKS = ("input_blocks", "middle_block", "output_blocks")
 
 
 @dataclass(frozen=True)
@@ -71,20 +70,15 @@ def transformer_sites(model) -> list[TransformerSite]:
         InvEditInputError: the model is not a UNet with SpatialTransformer blocks.
     """
     unet = model.get_model_object("diffusion_model")
-    if not all(hasattr(unet, name) for _, name in (*UNET_BLOCK_LISTS, MIDDLE_BLOCK)):
+    if not all(hasattr(unet, name) for name in UNET_BLOCKS):
         raise InvEditInputError(
             f"Prompt-to-Prompt edits the attention of a UNet (SD1.x, SD2.x, SDXL); this model's "
             f"{type(unet).__name__} has no input/middle/output blocks. Use a UNet checkpoint."
         )
-    sites = []
-    for block_name, attribute in UNET_BLOCK_LISTS[:1]:
-        for block_id, block in enumerate(getattr(unet, attribute)):
-            sites += [TransformerSite(block_name, block_id, d) for depth in _transformer_depths(block) for d in range(depth)]
-    sites += [TransformerSite(MIDDLE_BLOCK[0], 0, d) for depth in _transformer_depths(unet.middle_block)
-              for d in range(depth)]
-    for block_name, attribute in UNET_BLOCK_LISTS[1:]:
-        for block_id, block in enumerate(getattr(unet, attribute)):
-            sites += [TransformerSite(block_name, block_id, d) for depth in _transformer_depths(block) for d in range(depth)]
+    groups = (("input", list(unet.input_blocks)), ("middle", [unet.middle_block]),
+              ("output", list(unet.output_blocks)))
+    sites = [TransformerSite(block_name, block_id, d) for block_name, blocks in groups
+             for block_id, block in enumerate(blocks) for depth in _transformer_depths(block) for d in range(depth)]
     if not sites:
         raise InvEditInputError(
             "This UNet has no transformer (attention) blocks, so there is nothing for Prompt-to-Prompt to edit."
@@ -106,14 +100,22 @@ class EditRun:
         self.controller = controller
         self.sampling_sigmas = sampling_sigmas.detach().to("cpu", torch.float64)
         self.n_steps = self.sampling_sigmas.numel() - 1
+        self._last: tuple[Optional[torch.Tensor], int] = (None, 0)
 
     def reset(self) -> None:
         """Clear the controller's run state (call before each sampling run)."""
         self.controller.reset()
+        self._last = (None, 0)
 
     def step_of(self, sigma: torch.Tensor) -> int:
-        """The sampling step whose sigma this is (an InvEditInputError otherwise)."""
-        return step_for_sigma(sigma, self.sampling_sigmas)
+        """The sampling step whose sigma this is (an InvEditInputError otherwise).
+
+        Every layer of one model call receives the same ``sigmas`` tensor: its step is looked up
+        once per call (no device synchronisation per layer).
+        """
+        if sigma is not self._last[0]:
+            self._last = (sigma, step_for_sigma(sigma, self.sampling_sigmas))
+        return self._last[1]
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict,
                is_cross: bool) -> torch.Tensor:

@@ -51,8 +51,8 @@ class P2PEditSettings(io.ComfyNode):
             display_name="InvEdit P2P Edit (prompts)",
             category=CATEGORY_P2P,
             description=(
-                "Prompt-to-Prompt edit settings (Hertz et al. 2023). Encodes the source prompt (what the inverted image "
-                "shows) and one or more edited prompts with the model's own text encoder, and finds every word's "
+                "Prompt-to-Prompt edit settings (Hertz et al. 2023). Encodes the source prompt (what the inverted "
+                "image shows) and one or more edited prompts with the model's own text encoder, and finds every word's "
                 "tokens so the edited rows can take the source's attention. Feed it to InvEdit P2P Sample or "
                 "InvEdit P2P Guider."
             ),
@@ -92,7 +92,8 @@ class P2PEditSettings(io.ComfyNode):
                                tooltip="LocalBlend starts after this fraction of the steps."),
                 io.Float.Input("blend_threshold", default=DEFAULT_BLEND_THRESHOLD, min=0.0, max=1.0, step=0.01,
                                round=0.001, tooltip="LocalBlend mask threshold on the max-normalised word maps."),
-                io.Int.Input("blend_layer_downsample", default=DEFAULT_BLEND_LAYER_DOWNSAMPLE, min=1, max=MAX_DOWNSAMPLE,
+                io.Int.Input("blend_layer_downsample", default=DEFAULT_BLEND_LAYER_DOWNSAMPLE, min=1,
+                             max=MAX_DOWNSAMPLE,
                              tooltip="LocalBlend reads the layers at latent size / this (4: 16x16 maps of a 512 px "
                                      "SD1.5 image; 2 for the test-bed model)."),
             ],

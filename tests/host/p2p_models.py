@@ -3,9 +3,9 @@
 * :func:`tiny_clip` - a real ``comfy.sd.CLIP``: ComfyUI's SD1 tokenizer (the real CLIP BPE
   vocabulary shipped with ComfyUI, 75-token chunks) and a 1-layer CLIP text model of width 64,
   the tiny SD1.x/SD2.x models' context width.
-* :class:`FakeSDXLClip` - ComfyUI's real SDXL tokenizer (clip_g and clip_l) with a seeded
-  per-token embedding of width 2048 and a pooled output of 1280 (what CLIPTextEncode gives
-  SDXL), without the 800M-parameter encoders.
+* :class:`SeededClip` - a real ComfyUI tokenizer with a seeded per-token embedding;
+  :class:`FakeSDXLClip` is ComfyUI's SDXL tokenizer (clip_g and clip_l) with width 2048 and a
+  pooled output of 1280 (what CLIPTextEncode gives SDXL), without the 800M-parameter encoders.
 * :func:`tiny_sd2_model` - the SD2.x attention layout: linear projections in the transformers,
   heads of fixed width, attention in float32, v-prediction.
 
@@ -50,8 +50,8 @@ TINY_CLIP_CONFIG = {
 
 class _TinyClipModel(comfy.sd1_clip.SDClipModel):
     def __init__(self, device="cpu", dtype=None, model_options={}):
-        super().__init__(device=device, dtype=dtype, model_options=model_options, textmodel_json_config=TINY_CLIP_CONFIG,
-                         return_projected_pooled=False)
+        super().__init__(device=device, dtype=dtype, model_options=model_options,
+                         textmodel_json_config=TINY_CLIP_CONFIG, return_projected_pooled=False)
 
 
 def _tiny_clip_model(device="cpu", dtype=None, model_options={}, **kwargs):
@@ -80,11 +80,17 @@ def tiny_clip(seed: int = 0) -> comfy.sd.CLIP:
     return _CLIP_CACHE[seed]
 
 
-class FakeSDXLClip:
-    """ComfyUI's SDXL tokenizer with a seeded per-token embedding (width 2048) and pooled output."""
+class SeededClip:
+    """A real ComfyUI tokenizer with a seeded per-token embedding instead of the text model.
 
-    def __init__(self, seed: int = 0) -> None:
-        self.tokenizer = comfy.sdxl_clip.SDXLTokenizer()
+    ``encode_from_tokens_scheduled`` gives ``[1, 77 * chunks, width]`` (row ``p`` from the token and
+    its position in its chunk) and, with ``pooled_width``, a ``pooled_output`` ``[1, pooled_width]``.
+    """
+
+    def __init__(self, tokenizer, width: int, pooled_width: int | None = None, seed: int = 0) -> None:
+        self.tokenizer = tokenizer
+        self.width = width
+        self.pooled_width = pooled_width
         self.seed = seed
 
     def tokenize(self, text, return_word_ids=False, **kwargs):
@@ -95,11 +101,20 @@ class FakeSDXLClip:
         return torch.randn(width, generator=generator)
 
     def encode_from_tokens_scheduled(self, tokens, **kwargs):
-        flat = [entry[0] for chunk in tokens["g"] for entry in chunk]
-        context = torch.stack([self._embedding(int(t), p % 77, tiny_models.SDXL_CONTEXT_DIM)
-                               for p, t in enumerate(flat)])[None]
-        pooled = self._embedding(sum(int(t) for t in flat), 0, tiny_models.SDXL_POOLED_DIM)[None]
-        return [[context, {"pooled_output": pooled}]]
+        flat = [int(entry[0]) for chunk in next(iter(tokens.values())) for entry in chunk]
+        context = torch.stack([self._embedding(t, p % 77, self.width) for p, t in enumerate(flat)])[None]
+        options = {}
+        if self.pooled_width is not None:
+            options["pooled_output"] = self._embedding(sum(flat), 0, self.pooled_width)[None]
+        return [[context, options]]
+
+
+class FakeSDXLClip(SeededClip):
+    """ComfyUI's SDXL tokenizer (clip_g and clip_l) with a seeded embedding of width 2048 and pooled 1280."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(comfy.sdxl_clip.SDXLTokenizer(), tiny_models.SDXL_CONTEXT_DIM, tiny_models.SDXL_POOLED_DIM,
+                         seed)
 
 
 SD2_HEAD_CHANNELS = 16

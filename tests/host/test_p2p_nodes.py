@@ -19,7 +19,7 @@ import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
 import nodes
 import p2p_models
-from invedit.nodes import attention_patches, p2p_nodes, p2p_prompts
+from invedit.nodes import attention_patches, p2p_nodes
 from invedit.nodes.host import InvEditInputError
 from invedit.nodes.options import option_defaults
 
@@ -31,6 +31,7 @@ TARGET = "a photo of a dog on a red sofa"
 LONG_FILLER = " ".join(["a quiet", "old", "house with", "a small garden"] * 5)  # about 60 tokens
 LONG_SOURCE = f"{LONG_FILLER} {LONG_FILLER} and a cat"  # two chunks; the cat sits in the second
 LONG_TARGET = f"{LONG_FILLER} {LONG_FILLER} and a dog"
+BLOCK_PATTERN = r"(input_blocks|middle_block|output_blocks)\.(?:(\d+)\.)?\d+\.transformer_blocks\.(\d+)"
 SDXL_LATENT = 32  # the tiny SDXL has attention from its second level on: 16x16 maps at 32x32
 
 
@@ -48,7 +49,7 @@ def latent_for(arch: str, tiny_latent) -> dict:
 
 
 def clip_encode(encoder, text: str) -> list:
-    if isinstance(encoder, p2p_models.FakeSDXLClip):
+    if isinstance(encoder, p2p_models.SeededClip):
         return encoder.encode_from_tokens_scheduled(encoder.tokenize(text))
     return nodes.NODE_CLASS_MAPPINGS["CLIPTextEncode"]().encode(encoder, text)[0]
 
@@ -88,8 +89,7 @@ def test_every_transformer_block_is_a_site(arch, tiny_model):
     expected = set()
     for name, module in model.model.diffusion_model.named_modules():
         if isinstance(module, comfy_attention.BasicTransformerBlock):
-            match = re.fullmatch(r"(input_blocks|middle_block|output_blocks)\.(?:(\d+)\.)?\d+\.transformer_blocks\.(\d+)",
-                                 name)
+            match = re.fullmatch(BLOCK_PATTERN, name)
             block = {"input_blocks": "input", "middle_block": "middle", "output_blocks": "output"}[match[1]]
             expected.add((block, int(match[2] or 0), int(match[3])))
     sites = {(s.block_name, s.block_id, s.depth) for s in attention_patches.transformer_sites(model)}
@@ -142,7 +142,8 @@ def test_prompts_longer_than_77_tokens(pack_nodes, tiny_model, tiny_latent):
     record, _, negative = invert(pack_nodes, model, encoder, latent_for("sd15", tiny_latent), source=LONG_SOURCE)
     edit = edit_plan(encoder, LONG_SOURCE, LONG_TARGET, blend_words="cat; dog", blend_layer_downsample=2)
     assert edit.conditioning[0][0].shape[:2] == (2, 154)
-    swapped = [(s, t) for s, t, _ in edit.edits[0].cross.links if edit.prompts[0].token_ids[s] != edit.prompts[1].token_ids[t]]
+    source_ids, target_ids = edit.prompts[0].token_ids, edit.prompts[1].token_ids
+    swapped = [(s, t) for s, t, _ in edit.edits[0].cross.links if source_ids[s] != target_ids[t]]
     assert swapped and all(s >= 77 and t >= 77 for s, t in swapped)
     source, edited, maps = p2p_sample(model, record, edit, negative, budget=4)
     _, plain_edited, _ = p2p_sample(model, record, edit_plan(encoder, LONG_SOURCE, LONG_TARGET, cross_replace=0.0,
@@ -152,7 +153,8 @@ def test_prompts_longer_than_77_tokens(pack_nodes, tiny_model, tiny_latent):
 
 
 @pytest.mark.parametrize("sampler_name", ["ddim", "euler", "replay"])
-def test_the_guider_in_sampler_custom_advanced_equals_the_sample_node(sampler_name, pack_nodes, tiny_model, tiny_latent):
+def test_the_guider_in_sampler_custom_advanced_equals_the_sample_node(sampler_name, pack_nodes, tiny_model,
+                                                                      tiny_latent):
     """Direct inversion and LocalBlend included: both act through the guider's denoised output."""
     encoder, model = p2p_models.tiny_clip(), tiny_model("sd15")
     record, _, negative = invert(pack_nodes, model, encoder, latent_for("sd15", tiny_latent), pin_source=True)
@@ -304,4 +306,5 @@ def test_sampling_mistakes_are_refused(pack_nodes, tiny_model, tiny_latent):
             sca.sample(random_noise, guider, sampler, record.sampling_sigmas, latent)
         other_sigmas = nodes.NODE_CLASS_MAPPINGS["BasicScheduler"]().get_sigmas(model, "karras", STEPS, 1.0)[0]
         with pytest.raises(InvEditInputError, match="inversion's own SIGMAS"):
-            sca.sample(nodes.NODE_CLASS_MAPPINGS["DisableNoise"]().get_noise()[0], guider, sampler, other_sigmas, latent)
+            sca.sample(nodes.NODE_CLASS_MAPPINGS["DisableNoise"]().get_noise()[0], guider, sampler, other_sigmas,
+                       latent)
