@@ -6,6 +6,10 @@ classifier (fitted on the training split) reads the edited digit; the other digi
 compared with the source image, for the P2P edit and for a plain regeneration from the same
 inverted noise and null-text embeddings with the edited prompt and no attention injection.
 The figures are printed (run with ``-s``) and quoted in the README.
+
+On this model the other digit is kept by LocalBlend on the swapped word (the paper's local edit):
+attention injection alone leaves it about as far from the source as the plain regeneration
+(printed as "injection only"), because the 8x16 canvas's convolutions reach across both halves.
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ BLEND_DOWNSAMPLE = 2  # the test-bed's word-carrying layers are 4x8, half the 8x
 REWEIGHT_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 # Tolerance bands (measured figures in the comments; CPU numerics differ between machines).
-SOURCE_ROW_MAX_ERROR = 1e-5  # measured 1.9e-6; ComfyUI's own batch-of-2 reconstruction differs by 4.6e-6
-SWAP_SUCCESS_MIN = 0.75
-OTHER_DIGIT_ERROR_MAX = 0.15
-GAP_MIN_FACTOR = 1.5
+SOURCE_ROW_MAX_ERROR = 1e-5  # measured 2.3e-6: float32 batch rounding; ComfyUI's own null-text reconstruction
+#                              of a batch of 2 differs from that of 1 image by 4.6e-6
+SWAP_SUCCESS_MIN = 0.75  # measured 16/16 swapped digits read as the new digit, 16/16 other digits keep their class
+OTHER_DIGIT_ERROR_MAX = 0.15  # measured mean |error| 0.083 against the image (0.041 against the source row)
+GAP_MIN_FACTOR = 1.5  # measured: plain regeneration 0.169 (0.163), i.e. 2.0x (4.0x) P2P's error
 
 
 def null_text_options() -> dict:
@@ -183,11 +188,13 @@ def test_swapping_a_digit_word_changes_that_digit_and_keeps_the_other(swaps):
               f"keeps its class {mean(kept[method]):.3f}, other digit mean |error| vs image "
               f"{mean(error_image[method]):.3f}, vs source row {mean(error_source[method]):.3f}")
     gap = mean(error_image["plain"]) / mean(error_image["p2p"])
-    print(f"[p2p test-bed] gap: plain regeneration's other-digit error / P2P's = {gap:.2f}")
+    gap_source = mean(error_source["plain"]) / mean(error_source["p2p"])
+    print(f"[p2p test-bed] gap: plain regeneration's other-digit error / P2P's = {gap:.2f} against the image, "
+          f"{gap_source:.2f} against the source row")
     assert mean(changed["p2p"]) >= SWAP_SUCCESS_MIN
     assert mean(kept["p2p"]) >= SWAP_SUCCESS_MIN
     assert mean(error_image["p2p"]) <= OTHER_DIGIT_ERROR_MAX
-    assert gap >= GAP_MIN_FACTOR
+    assert gap >= GAP_MIN_FACTOR and gap_source >= GAP_MIN_FACTOR
 
 
 def test_reweighting_a_word_changes_its_attention_mass_monotonically(testbed, inverted):
@@ -203,4 +210,5 @@ def test_reweighting_a_word_changes_its_attention_mass_monotonically(testbed, in
         inks.append(float((half(edited, 1) + 1.0).mean()))
     print(f"[p2p test-bed] reweight {word!r} scales {REWEIGHT_SCALES}: attention mass "
           + ", ".join(f"{m:.3f}" for m in masses) + "; ink " + ", ".join(f"{i:.3f}" for i in inks))
+    # measured 0.100, 0.145, 0.234, 0.413, 0.771 (mean over the 4x8 layers' queries, source-row mass 0.23)
     assert all(b > a for a, b in zip(masses, masses[1:]))
