@@ -7,6 +7,7 @@ from comfy_api.latest import ComfyExtension, io
 from .diagnostics_nodes import NODES as DIAGNOSTICS_NODES
 from .guidance_gap_nodes import NODES as GUIDANCE_GAP_NODES
 from .inversion_nodes import NODES as INVERSION_NODES
+from .p2p_nodes import NODES as P2P_NODES
 from .storage_nodes import NODES as STORAGE_NODES
 from .testbed_nodes import NODES as TESTBED_NODES
 
@@ -15,4 +16,4 @@ class InvEditExtension(ComfyExtension):
     """Lists every InvEdit node for ComfyUI."""
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*INVERSION_NODES, *GUIDANCE_GAP_NODES, *STORAGE_NODES, *TESTBED_NODES, *DIAGNOSTICS_NODES]
+        return [*INVERSION_NODES, *GUIDANCE_GAP_NODES, *STORAGE_NODES, *P2P_NODES, *TESTBED_NODES, *DIAGNOSTICS_NODES]
