@@ -23,7 +23,7 @@ from .blend import (
     DEFAULT_SUBTRACT_THRESHOLD,
     LocalBlend,
 )
-from .context import COND, UNCOND, AttentionContext, AttentionSite, context_from_extra_options, step_from_sigma
+from .context import COND, UNCOND, AttentionContext, AttentionSite, context_from_extra_options
 from .controller import (
     DEFAULT_SELF_REPLACE_FRACTION,
     SELF_MAX_QUERY_POSITIONS_NULL_TEXT,
@@ -76,6 +76,5 @@ __all__ = [
     "align_tokens",
     "context_from_extra_options",
     "prompt_words",
-    "step_from_sigma",
     "word_token_positions",
 ]

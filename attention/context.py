@@ -3,13 +3,13 @@
 The controllers never work out a layer's location or the step by counting calls (the reference
 Prompt-to-Prompt code does, which breaks as soon as a sampler calls the model a different number
 of times); the caller states both. :func:`context_from_extra_options` reads ComfyUI's
-``extra_options`` dict of an attention replace patch (a plain dict: no ComfyUI import) and
-:func:`step_from_sigma` turns the current noise level into a step index.
+``extra_options`` dict of an attention replace patch (a plain dict: no ComfyUI import); the
+step index comes from the caller, which pairs the call's sigma with the run's schedule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +54,7 @@ class AttentionContext:
 
     Attributes:
         site: the layer.
-        step: 0-based index of the sampling step (from the sigma, see :func:`step_from_sigma`).
+        step: 0-based index of the sampling step (the caller derives it from the call's sigma).
         n_steps: number of sampling steps of the run.
         cond_or_uncond: one entry per chunk, :data:`COND` (0) or :data:`UNCOND` (1).
         latent_shape: ``(height, width)`` of the latent; needed by LocalBlend to pick its layers.
@@ -113,21 +113,3 @@ def context_from_extra_options(
         latent_shape=(int(original[-2]), int(original[-1])) if original is not None else None,
         attn_precision=extra_options.get("attn_precision"),
     )
-
-
-def step_from_sigma(sigma: float | torch.Tensor, sigmas: Sequence[float] | torch.Tensor) -> int:
-    """Index of the step whose starting noise level is nearest to ``sigma``.
-
-    Args:
-        sigma: the noise level the model is called at.
-        sigmas: the run's ``n_steps + 1`` levels, first to last.
-
-    Returns:
-        The step ``i`` in ``[0, n_steps)`` minimising ``|sigmas[i] - sigma|``; the intermediate
-        evaluations of multi-stage samplers belong to the step they start from or are nearest to.
-    """
-    levels = torch.as_tensor(sigmas, dtype=torch.float64).flatten()[:-1]
-    if levels.numel() == 0:
-        raise ValueError("step_from_sigma needs at least two sigmas (one step).")
-    value = float(torch.as_tensor(sigma, dtype=torch.float64).flatten()[0])
-    return int((levels - value).abs().argmin())

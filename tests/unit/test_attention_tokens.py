@@ -17,7 +17,6 @@ from invedit.attention import (
     WordSwap,
     align_tokens,
     context_from_extra_options,
-    step_from_sigma,
     swapped_word_indices,
     word_token_positions,
 )
@@ -260,9 +259,3 @@ def test_context_from_comfyui_extra_options():
         context.rows_per_chunk(5)
     with pytest.raises(ValueError, match="step index"):
         AttentionContext(context.site, 50, 50, (0,))
-
-
-def test_step_from_sigma():
-    sigmas = torch.tensor([14.6, 7.0, 3.0, 1.0, 0.0])
-    assert [step_from_sigma(s, sigmas) for s in (14.6, 7.0, 3.0, 1.0)] == [0, 1, 2, 3]
-    assert step_from_sigma(torch.tensor([2.9]), sigmas) == 2  # nearest level
