@@ -140,7 +140,7 @@ def run_case(model_name: str, case: str, steps: int, repeats: int) -> dict:
         model, text_encoder, source, target, negative, record = _sd15_inputs(steps)
     with torch.inference_mode():
         edit = build_edit_plan(text_encoder, source, target, "word swap", 0.8, 0.5, 1024)
-    noise_raw = model.model.process_latent_out(record.trajectory.noise.clone()).expand(2, -1, -1, -1).clone()
+    noise_raw = host.inversion_noise_latent(model, record).expand(2, -1, -1, -1).clone()
     sampler = comfy.samplers.KSAMPLER(host.sample_replay)
 
     def guider():

@@ -232,21 +232,32 @@ def sample_replay(model, x, sigmas, extra_args=None, callback=None, disable=None
                         "The replay")
 
 
-def run_sampler(model, positive, negative, cfg: float, latent: torch.Tensor, sampler_function,
-                sigmas: torch.Tensor, extra_options: Optional[dict[str, Any]] = None, preview: bool = True,
-                guider: Optional[comfy.samplers.CFGGuider] = None) -> torch.Tensor:
-    """Sample through ComfyUI's own CFGGuider (conds, patches, latent scaling, progress bar).
+def inversion_noise_latent(model, record) -> torch.Tensor:
+    """An INVERSION's noise as raw VAE-latent ``samples`` for ``model`` (its latent family checked)."""
+    check_inversion_fits(model, record.trajectory.noise)
+    return model.model.process_latent_out(record.trajectory.noise.clone())
+
+
+def sample_with_guider(guider: comfy.samplers.CFGGuider, latent: torch.Tensor, sampler_function,
+                       sigmas: torch.Tensor, extra_options: Optional[dict[str, Any]] = None,
+                       preview: bool = True) -> torch.Tensor:
+    """Run a pure sampler function through a ComfyUI guider (conds, patches, latent scaling, progress).
 
     ``latent`` is in raw VAE-latent units and so is the result; no noise is added. With
-    ``preview`` False the caller reports progress itself. ``guider`` replaces the plain
-    CFGGuider built from ``model``, ``positive``, ``negative`` and ``cfg``.
+    ``preview`` False the caller reports progress itself.
     """
     sampler = comfy.samplers.KSAMPLER(sampler_function, extra_options=extra_options or {})
-    if guider is None:
-        guider = comfy.samplers.CFGGuider(model)
-        guider.set_conds(positive, negative)
-        guider.set_cfg(cfg)
     steps = sigmas.numel() - 1
-    callback = latent_preview.prepare_callback(model, steps) if preview else None
+    callback = latent_preview.prepare_callback(guider.model_patcher, steps) if preview else None
     return guider.sample(torch.zeros_like(latent), latent, sampler, sigmas, callback=callback,
                          disable_pbar=not (preview and comfy.utils.PROGRESS_BAR_ENABLED), seed=0)
+
+
+def run_sampler(model, positive, negative, cfg: float, latent: torch.Tensor, sampler_function,
+                sigmas: torch.Tensor, extra_options: Optional[dict[str, Any]] = None,
+                preview: bool = True) -> torch.Tensor:
+    """:func:`sample_with_guider` with ComfyUI's plain CFGGuider over ``model``, the prompts and ``cfg``."""
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    return sample_with_guider(guider, latent, sampler_function, sigmas, extra_options, preview)

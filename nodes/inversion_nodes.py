@@ -195,14 +195,13 @@ class Reconstruct(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, inversion: InversionRecord, cfg, negative=None) -> io.NodeOutput:
-        host.check_inversion_fits(model, inversion.trajectory.noise)
-        noise_raw = model.model.process_latent_out(inversion.trajectory.noise.clone())
+        noise_raw = host.inversion_noise_latent(model, inversion)
         guider = InversionGuider(model, inversion, positive, negative, cfg)
         pin = None
         if inversion.pin_source:
             pin = SourcePin(inversion.step_targets(), tuple(range(noise_raw.shape[0])))
-        samples = host.run_sampler(model, positive, None, cfg, noise_raw, host.sample_replay,
-                                   inversion.sampling_sigmas, extra_options={"pin": pin}, guider=guider)
+        samples = host.sample_with_guider(guider, noise_raw, host.sample_replay, inversion.sampling_sigmas,
+                                          extra_options={"pin": pin})
         return io.NodeOutput({"samples": samples})
 
 

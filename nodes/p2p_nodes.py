@@ -159,12 +159,10 @@ class P2PSample(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, inversion, edit, cfg, map_budget_mib, negative=None) -> io.NodeOutput:
-        host.check_inversion_fits(model, inversion.trajectory.noise)
+        noise_raw = host.inversion_noise_latent(model, inversion)
         store = CrossMapStore(max_bytes=map_budget_mib * MEBIBYTE) if map_budget_mib > 0 else None
         guider = P2PGuider(model, inversion, edit.conditioning, edit.controller(store), negative, cfg)
-        noise_raw = model.model.process_latent_out(inversion.trajectory.noise.clone())
-        samples = host.run_sampler(model, None, None, cfg, noise_raw, host.sample_replay, inversion.sampling_sigmas,
-                                   guider=guider)
+        samples = host.sample_with_guider(guider, noise_raw, host.sample_replay, inversion.sampling_sigmas)
         maps = AttentionMaps.from_store(store if store is not None else CrossMapStore(0), edit.prompts,
                                         noise_raw.shape[-2:])
         return io.NodeOutput({"samples": samples[:1]}, {"samples": samples[1:]}, maps)

@@ -215,9 +215,8 @@ def sample_null_text(model_k, x, sigmas, extra_args=None, callback=None, disable
 def run_null_text(model, record: InversionRecord, template, initial_context: torch.Tensor,
                   config: NullTextConfig, progress: Callable[[dict], None]) -> NullTextResult:
     """Optimise ``record``'s per-step unconditional contexts on a gradient-ready clone of ``model``."""
-    host.check_inversion_fits(model, record.trajectory.noise)
+    noise_raw = host.inversion_noise_latent(model, record)
     clone = gradient_ready_clone(model)
-    noise_raw = model.model.process_latent_out(record.trajectory.noise.clone())
     sink: list = []
     try:
         host.run_sampler(clone, record.positive, with_context(template, initial_context[:1]), config.guidance,

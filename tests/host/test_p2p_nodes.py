@@ -211,9 +211,8 @@ def test_local_blend_keeps_the_edited_row_equal_to_the_source_outside_its_mask(p
     controller = edit.controller()
     with torch.inference_mode():
         guider = attention_patches.P2PGuider(model, record, edit.conditioning, controller, negative, CFG)
-        noise = model.model.process_latent_out(record.trajectory.noise.clone())
-        samples = host.run_sampler(model, None, None, CFG, noise, host.sample_replay, record.sampling_sigmas,
-                                   guider=guider, preview=False)
+        samples = host.sample_with_guider(guider, host.inversion_noise_latent(model, record), host.sample_replay,
+                                          record.sampling_sigmas, preview=False)
     mask = controller.local_blend.mask(tuple(samples.shape[-2:]))[1, 0].bool()
     assert 0 < int(mask.sum()) < mask.numel()
     difference = (samples[1] - samples[0]).abs()
@@ -244,8 +243,8 @@ def test_stored_maps_respect_their_budget_and_render_a_grid(pack_nodes, tiny_mod
         guider = attention_patches.P2PGuider(model, record, edit.conditioning, edit.controller(store), negative, CFG)
         from invedit.nodes import host
 
-        host.run_sampler(model, None, None, CFG, model.model.process_latent_out(record.trajectory.noise.clone()),
-                         host.sample_replay, record.sampling_sigmas, guider=guider, preview=False)
+        host.sample_with_guider(guider, host.inversion_noise_latent(model, record), host.sample_replay,
+                                record.sampling_sigmas, preview=False)
     assert store.used_bytes <= store_rows and store.refused
 
 
