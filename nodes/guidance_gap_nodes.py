@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-import numpy as np
-import torch
 from comfy_api.latest import io
 
 import comfy.utils
@@ -29,7 +27,7 @@ from ..inversion.null_text import (
 from ..inversion.record import METHOD_NEGATIVE_PROMPT, METHOD_NULL_TEXT, InversionRecord, Unconditioning
 from .host import InvEditInputError
 from .inversion_nodes import MAX_CFG, Inversion
-from .previews import loss_plot, progress_preview
+from .previews import image_from_pil, loss_plot, progress_preview
 from .unconditioning import InversionGuider, run_null_text, single_entry
 
 CATEGORY_GUIDANCE_GAP = "InvEdit/inversion"
@@ -37,11 +35,6 @@ START_EMPTY = "empty prompt"
 START_SOURCE = "source prompt"
 MAX_INNER_STEPS = 100
 DEFAULT_STOP_CHECK = STOP_BEFORE_STEP
-
-
-def _image_from_pil(image) -> torch.Tensor:
-    """PIL RGB image -> ComfyUI IMAGE ``[1, H, W, 3]`` in [0, 1]."""
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
 
 
 class _NullTextProgress:
@@ -149,7 +142,7 @@ class NullTextInversion(io.ComfyNode):
         )
         bounds = [config.step_threshold(i) for i in range(inversion.steps)]
         plot = loss_plot(result.landing_losses, bounds, inversion.steps)
-        return io.NodeOutput(record, _image_from_pil(plot), _report_text("null-text", report, inversion.steps))
+        return io.NodeOutput(record, image_from_pil(plot)[None], _report_text("null-text", report, inversion.steps))
 
 
 class NegativePromptInversion(io.ComfyNode):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 PLOT_WIDTH, PLOT_HEIGHT = 320, 160
@@ -55,3 +57,8 @@ def loss_plot(losses: list[float], bounds: list[float], total_steps: int, captio
 def progress_preview(image: Image.Image) -> tuple[str, Image.Image, int]:
     """The preview tuple ComfyUI's ProgressBar sends to the browser."""
     return PREVIEW_FORMAT, image, PREVIEW_MAX_SIZE
+
+
+def image_from_pil(image: Image.Image) -> torch.Tensor:
+    """A PIL RGB image as ``[H, W, 3]`` float32 in [0, 1] (``[None]`` makes it a ComfyUI IMAGE)."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from ..attention import CrossMapStore, TokenizedPrompt
+from .previews import image_from_pil
 
 LABEL_HEIGHT = 14
 CELL_GAP = 2
@@ -111,4 +112,4 @@ def word_map_grid(prompts, maps: torch.Tensor, cell_height: int, labels: bool = 
             canvas.paste(Image.fromarray(grey, mode="L").convert("RGB"), (left, top))
             if labels:
                 draw.text((left + 2, top + cell_height + 1), word[: max(1, cell_width // 6)], fill=LABEL_COLOUR)
-    return torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0)
+    return image_from_pil(canvas)
