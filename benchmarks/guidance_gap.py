@@ -21,16 +21,14 @@ Prints a markdown table: PSNR and MSE on [0, 1] images, the error ratio to plain
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from comfy_headless import REPO_ROOT, boot_with_pack, inversion_options  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from comfy_headless import inversion_options  # noqa: E402
+from reconstruction import run_heldout_benchmark  # noqa: E402
 
 STEPS = 50
 GUIDANCE = 7.5
@@ -121,20 +119,7 @@ def markdown(rows: dict, count: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=8, help="held-out canvases")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
-    nodes = boot_with_pack("invedit-bench-")
-    from invedit.inversion import metrics
-    with torch.inference_mode():
-        rows = measure(nodes.NODE_CLASS_MAPPINGS, metrics, args.count, args.seed)
-    table = markdown(rows, args.count)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "guidance_gap.md").write_text(table + "\n")
-    (args.out / "guidance_gap.json").write_text(json.dumps(rows, indent=1) + "\n")
+    run_heldout_benchmark(__doc__.splitlines()[0], "guidance_gap", 8, "held-out canvases", measure, markdown)
 
 
 if __name__ == "__main__":

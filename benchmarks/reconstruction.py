@@ -139,23 +139,35 @@ def plot(rows: dict, path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=64, help="held-out canvases (>= 8 for the normality metrics)")
+def run_heldout_benchmark(description: str, name: str, default_count: int, count_help: str, measure_rows,
+                          render) -> tuple[dict, Path]:
+    """The command line of a held-out-digits benchmark: boot, measure, print, write ``name``.md / .json.
+
+    ``measure_rows(nodes_map, metrics, count, seed) -> rows`` and ``render(rows, count) -> markdown``.
+    Returns the rows and the output folder.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--count", type=int, default=default_count, help=count_help)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     nodes = boot_with_pack("invedit-bench-")
     from invedit.inversion import metrics
     with torch.inference_mode():
-        rows = measure(nodes.NODE_CLASS_MAPPINGS, metrics, args.count, args.seed)
-    table = markdown(rows, args.count)
+        rows = measure_rows(nodes.NODE_CLASS_MAPPINGS, metrics, args.count, args.seed)
+    table = render(rows, args.count)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "reconstruction.md").write_text(table + "\n")
-    (args.out / "reconstruction.json").write_text(json.dumps(rows, indent=1) + "\n")
-    plot(rows, args.out / "reconstruction.png")
-    print(f"\nPlot written to {args.out / 'reconstruction.png'}")
+    (args.out / f"{name}.md").write_text(table + "\n")
+    (args.out / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return rows, args.out
+
+
+def main() -> None:
+    rows, out = run_heldout_benchmark(__doc__.splitlines()[0], "reconstruction", 64,
+                                      "held-out canvases (>= 8 for the normality metrics)", measure, markdown)
+    plot(rows, out / "reconstruction.png")
+    print(f"\nPlot written to {out / 'reconstruction.png'}")
 
 
 if __name__ == "__main__":
