@@ -14,13 +14,16 @@ import execution
 import folder_paths
 import pytest
 import server
+import torch
 from aiohttp.test_utils import make_mocked_request
 from PIL import Image
 
 import build_workflows
 import demo
+import p2p_models
 import workflow_specs
-from comfy_graph import CAPTURE_NODE, SERVER, Graph
+from comfy_graph import CAPTURE_NODE, SERVER, Graph, run_prompt
+from invedit.testbed import classifier, data, vocabulary
 from workflow_format import (
     CONTROL_AFTER_GENERATE,
     NOTE_TYPES,
@@ -263,32 +266,167 @@ def test_shipped_workflows_are_up_to_date():
 
 
 # Reconstruction PSNR each shipped test-bed workflow must reach (measured: DDIM at cfg 1 about 38 dB,
-# null-text and negative-prompt at cfg 7.5 about 28-38 dB, direct inversion exact).
+# null-text and negative-prompt at cfg 7.5 about 28-38 dB, direct inversion exact; the P2P
+# workflows score their source row, negative-prompt inversion's reconstruction at cfg 7.5: 37.2 dB).
 TESTBED_WORKFLOW_PSNR_DB = {
     "testbed_ddim_reconstruction": MIN_TESTBED_PSNR_DB,
     "testbed_null_text": 25.0,
     "testbed_negative_prompt": MIN_TESTBED_PSNR_DB,
     "testbed_direct_inversion": 60.0,
+    "testbed_p2p_word_swap": MIN_TESTBED_PSNR_DB,
+    "testbed_p2p_local_blend": MIN_TESTBED_PSNR_DB,
+    "testbed_p2p_reweight": MIN_TESTBED_PSNR_DB,
 }
 PHOTO_WORKFLOWS = sorted(name for name in workflow_specs.EXAMPLES if name.endswith("_photo"))
+P2P_PHOTO_WORKFLOWS = [name for name in PHOTO_WORKFLOWS if name.startswith("p2p_")]
+# What a test-bed workflow run hands back: output `slot` of the first node of `class_type`.
+TESTBED_CAPTURES = {
+    "psnr": ("InvEditReconstructionError", 2),
+    "canvas_image": ("InvEditTestbedHeldOutDigits", 0),
+    "source_prompt": ("InvEditTestbedHeldOutDigits", 1),
+    "edited": ("InvEditP2PSample", 1),
+    "maps": ("InvEditP2PSample", 2),
+}
 
 
 def test_every_testbed_workflow_has_a_bound():
     assert sorted(TESTBED_WORKFLOW_PSNR_DB) == sorted(n for n in workflow_specs.EXAMPLES if n.startswith("testbed_"))
 
 
+def first_node(prompt: dict, class_type: str) -> str | None:
+    return next((node_id for node_id, node in prompt.items() if node["class_type"] == class_type), None)
+
+
+def shipped_prompt(name: str, definitions) -> dict:
+    """The API prompt the frontend queues for a shipped workflow."""
+    return api_prompt(load_json(build_workflows.WORKFLOWS_DIR / f"{name}.json"), definitions)
+
+
+def with_captures(prompt: dict) -> dict:
+    """The prompt plus capture nodes: every TESTBED_CAPTURES entry whose node is in it, and
+    ``result``, the image the Reconstruction Error node scores."""
+    captures = {key: [first_node(prompt, class_type), slot] for key, (class_type, slot) in TESTBED_CAPTURES.items()
+                if first_node(prompt, class_type) is not None}
+    captures["result"] = prompt[first_node(prompt, "InvEditReconstructionError")]["inputs"]["result"]
+    for key, link in captures.items():
+        prompt[f"capture_{key}"] = {"class_type": CAPTURE_NODE, "inputs": {"key": key, "value": link}}
+    return prompt
+
+
+@pytest.fixture(scope="module")
+def testbed_workflow_results(definitions):
+    """``results(name)``: the shipped test-bed workflow run once from its JSON by ComfyUI's executor
+    (cached for the module), with the values of :func:`with_captures`."""
+    cache = {}
+
+    def results(name: str) -> dict:
+        if name not in cache:
+            cache[name] = run_prompt(with_captures(shipped_prompt(name, definitions)))
+        return cache[name]
+
+    return results
+
+
 @pytest.mark.parametrize("name", sorted(TESTBED_WORKFLOW_PSNR_DB))
-def test_testbed_workflow_runs_and_reconstructs(run_graph, definitions, name):
-    prompt = api_prompt(load_json(build_workflows.WORKFLOWS_DIR / f"{name}.json"), definitions)
-    error_id = next(node_id for node_id, node in prompt.items() if node["class_type"] == "InvEditReconstructionError")
-    prompt["psnr"] = {"class_type": CAPTURE_NODE, "inputs": {"key": "psnr", "value": [error_id, 2]}}
-    reconstruction = prompt[error_id]["inputs"]["result"]
-    prompt["result"] = {"class_type": CAPTURE_NODE, "inputs": {"key": "result", "value": reconstruction}}
-    result = run_graph(prompt)
+def test_testbed_workflow_runs_and_reconstructs(testbed_workflow_results, name):
+    result = testbed_workflow_results(name)
     image = result["result"]
     assert image.shape[1:] == (8, 16, 3) and image.shape[0] >= 1
     assert bool(image.isfinite().all())
     assert result["psnr"] > TESTBED_WORKFLOW_PSNR_DB[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# The test-bed Prompt-to-Prompt workflows do what their notes say (held-out canvas "a photo of
+# eight and five", negative-prompt inversion, cfg 7.5). Measured figures in the comments.
+
+P2P_TESTBED_WORKFLOWS = sorted(name for name in TESTBED_WORKFLOW_PSNR_DB if name.startswith("testbed_p2p_"))
+P2P_SWAP_WORKFLOWS = ("testbed_p2p_word_swap", "testbed_p2p_local_blend")
+KEPT_DIGIT_ERROR_MAX = {  # mean |error| of the digit whose word is kept, against the source image
+    "testbed_p2p_word_swap": 0.30,  # measured 0.170 (left swapped), 0.175 (right swapped)
+    "testbed_p2p_local_blend": 0.10,  # measured 0.043
+}
+BLEND_GAIN_MIN = 2.0  # the same swap keeps the other digit 4.0x closer with LocalBlend (0.170 / 0.043)
+REWEIGHT_MASS_GAIN_MIN = 1.3  # "eight" x2: its attention mass 0.296 -> 0.527 (1.8x)
+REWEIGHT_INK_GAIN_MIN = 1.05  # ink of the left digit 0.686 -> 0.787 (1.15x)
+
+
+def p2p_edit_inputs(name: str, definitions) -> dict:
+    """The widget values of a shipped workflow's P2P Edit node."""
+    prompt = shipped_prompt(name, definitions)
+    return prompt[first_node(prompt, "InvEditP2PEdit")]["inputs"]
+
+
+def digit_labels(prompt: str) -> list[int]:
+    """The (left, right) digits a test-bed prompt names."""
+    words = prompt.split()
+    return [vocabulary.DIGIT_WORDS.index(words[position])
+            for position in (vocabulary.LEFT_WORD_POSITION, vocabulary.RIGHT_WORD_POSITION)]
+
+
+def digit_half(canvases: torch.Tensor, side: int) -> torch.Tensor:
+    return canvases[..., side * data.DIGIT_SIZE:(side + 1) * data.DIGIT_SIZE]
+
+
+def kept_digit_errors(result: dict, edited_prompts: list[str]) -> list[float]:
+    """Per edited row: mean |error| against the source image of the digit whose word it keeps."""
+    image = data.image_to_canvas(result["canvas_image"])
+    source = digit_labels(result["source_prompt"])
+    errors = []
+    for row, prompt in enumerate(edited_prompts):
+        kept = [side for side, (old, new) in enumerate(zip(source, digit_labels(prompt))) if old == new]
+        assert len(kept) == 1, f"{prompt!r} should swap exactly one digit of {result['source_prompt']!r}"
+        edited_half = digit_half(result["edited"]["samples"][row:row + 1], kept[0])
+        errors.append(float((edited_half - digit_half(image, kept[0])).abs().mean()))
+    return errors
+
+
+@pytest.mark.parametrize("name", P2P_TESTBED_WORKFLOWS)
+def test_testbed_p2p_workflows_edit_the_canvas_their_notes_name(testbed_workflow_results, name):
+    result = testbed_workflow_results(name)
+    assert result["source_prompt"] == workflow_specs.P2P_TESTBED_SOURCE_PROMPT
+
+
+@pytest.mark.parametrize("name", P2P_SWAP_WORKFLOWS)
+def test_testbed_p2p_swap_redraws_the_named_digit_and_keeps_the_other(testbed_workflow_results, definitions, name):
+    result = testbed_workflow_results(name)
+    edited_prompts = p2p_edit_inputs(name, definitions)["edited_prompts"].splitlines()
+    labels = classifier.training_split_classifier().predict_canvases(result["edited"]["samples"])
+    errors = kept_digit_errors(result, edited_prompts)
+    print(f"\n[{name}] edited rows read as {labels.tolist()}; kept digit mean |error| "
+          + ", ".join(f"{error:.3f}" for error in errors))
+    assert labels.tolist() == [digit_labels(prompt) for prompt in edited_prompts]
+    assert max(errors) <= KEPT_DIGIT_ERROR_MAX[name]
+
+
+def test_testbed_local_blend_keeps_the_other_digit_closer_than_the_plain_swap(testbed_workflow_results,
+                                                                              definitions):
+    swap_prompts = p2p_edit_inputs("testbed_p2p_word_swap", definitions)["edited_prompts"].splitlines()
+    blend_prompts = p2p_edit_inputs("testbed_p2p_local_blend", definitions)["edited_prompts"].splitlines()
+    assert blend_prompts == swap_prompts[:1]  # the same edit, with and without LocalBlend
+    swap_error = kept_digit_errors(testbed_workflow_results("testbed_p2p_word_swap"), swap_prompts)[0]
+    blend_error = kept_digit_errors(testbed_workflow_results("testbed_p2p_local_blend"), blend_prompts)[0]
+    print(f"\n[LocalBlend] kept digit mean |error| {swap_error:.3f} without, {blend_error:.3f} with "
+          f"({swap_error / blend_error:.1f}x)")
+    assert swap_error >= BLEND_GAIN_MIN * blend_error
+
+
+def test_testbed_reweight_strengthens_the_word(testbed_workflow_results, definitions):
+    result = testbed_workflow_results("testbed_p2p_reweight")
+    inputs = p2p_edit_inputs("testbed_p2p_reweight", definitions)
+    word, scale = (part.strip() for part in inputs["reweight"].split(":"))
+    assert float(scale) > 1.0
+    sides = (vocabulary.LEFT_WORD_POSITION, vocabulary.RIGHT_WORD_POSITION)
+    side = sides.index(result["source_prompt"].split().index(word))
+    maps = result["maps"]
+    source_mass, edited_mass = (maps.word_mass(row, word, workflow_specs.P2P_TESTBED_DOWNSAMPLE) for row in (0, 1))
+    source_row = data.image_to_canvas(result["result"])
+    source_ink, edited_ink = (float((digit_half(canvas, side) + 1.0).mean())
+                              for canvas in (source_row, result["edited"]["samples"]))
+    print(f"\n[reweight {word} x{scale}] attention mass {source_mass:.3f} -> {edited_mass:.3f}, "
+          f"ink {source_ink:.3f} -> {edited_ink:.3f}")
+    assert edited_mass >= REWEIGHT_MASS_GAIN_MIN * source_mass
+    assert edited_ink >= REWEIGHT_INK_GAIN_MIN * source_ink
 
 
 @pytest.mark.parametrize("name", PHOTO_WORKFLOWS)
@@ -308,7 +446,26 @@ def test_photo_workflow_validates_with_comfyui_loaders(tmp_path: Path, definitio
         assert valid and not node_errors, (error, node_errors)
         used = {node["class_type"] for node in prompt.values()}
         assert {"CheckpointLoaderSimple", "LoadImage", "VAEEncode", "CLIPTextEncode", "InvEditDDIMInversion",
-                "InvEditReconstruct", "VAEDecode"} <= used
+                "VAEDecode"} <= used
+        assert {"InvEditReconstruct", "InvEditP2PEdit"} & used
     finally:
         if created:
             image.unlink()
+
+
+@pytest.mark.parametrize("name", P2P_PHOTO_WORKFLOWS)
+def test_photo_p2p_edit_builds_with_the_sd1_tokenizer(pack_nodes, definitions, name):
+    """The edit's prompts and words fit each other under ComfyUI's SD1 tokenizer (the real CLIP
+    vocabulary; a tiny text model stands in for the weights)."""
+    prompt = shipped_prompt(name, definitions)
+    inputs = dict(prompt[first_node(prompt, "InvEditP2PEdit")]["inputs"])
+    origin, _ = inputs["source_prompt"]
+    inputs["source_prompt"] = prompt[origin]["inputs"]["value"]
+    assert inputs["source_prompt"] == workflow_specs.EXAMPLE_IMAGE_PROMPT
+    assert all(prompt[node_id]["inputs"]["text"] == [origin, 0] for node_id, node in prompt.items()
+               if node["class_type"] == "CLIPTextEncode" and node["inputs"]["text"] != "")  # one source prompt
+    inputs["text_encoder"] = p2p_models.tiny_clip()
+    with torch.inference_mode():
+        plan = pack_nodes["InvEditP2PEdit"].execute(**inputs).result[0]
+    assert [p.text for p in plan.prompts] == [inputs["source_prompt"], *inputs["edited_prompts"].splitlines()]
+    assert (plan.blend is not None) == bool(inputs["blend_words"].strip())
