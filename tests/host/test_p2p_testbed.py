@@ -9,7 +9,12 @@ The figures are printed (run with ``-s``) and quoted in the README.
 
 On this model the other digit is kept by LocalBlend on the swapped word (the paper's local edit):
 attention injection alone leaves it about as far from the source as the plain regeneration
-(printed as "injection only"), because the 8x16 canvas's convolutions reach across both halves.
+(printed as "injection only"; no window or layer limit changes that). The swap reaches the other
+digit through the UNet's GroupNorm layers, not through attention: 32 groups of 1-2 channels, each
+normalised over the whole 8x16 canvas, so a new digit shifts the statistics both halves are
+normalised with. Forcing every attention layer's output on the other half to the source row's
+leaves the error at the plain regeneration's; taking the edited rows' GroupNorm statistics from
+the source row almost halves it (benchmarks/p2p_testbed.py, results/p2p_testbed.md).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ REWEIGHT_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
 SOURCE_ROW_MAX_ERROR = 1e-5  # measured 2.3e-6: float32 batch rounding; ComfyUI's own null-text reconstruction
 #                              of a batch of 2 differs from that of 1 image by 4.6e-6
 SWAP_SUCCESS_MIN = 0.75  # measured 16/16 swapped digits read as the new digit, 16/16 other digits keep their class
+#                          (with LocalBlend and with injection alone)
 OTHER_DIGIT_ERROR_MAX = 0.15  # measured mean |error| 0.083 against the image (0.041 against the source row)
 GAP_MIN_FACTOR = 1.5  # measured: plain regeneration 0.169 (0.163), i.e. 2.0x (4.0x) P2P's error
 
@@ -191,8 +197,9 @@ def test_swapping_a_digit_word_changes_that_digit_and_keeps_the_other(swaps):
     gap_source = mean(error_source["plain"]) / mean(error_source["p2p"])
     print(f"[p2p test-bed] gap: plain regeneration's other-digit error / P2P's = {gap:.2f} against the image, "
           f"{gap_source:.2f} against the source row")
-    assert mean(changed["p2p"]) >= SWAP_SUCCESS_MIN
-    assert mean(kept["p2p"]) >= SWAP_SUCCESS_MIN
+    for method in ("p2p", "injection only"):
+        assert mean(changed[method]) >= SWAP_SUCCESS_MIN
+        assert mean(kept[method]) >= SWAP_SUCCESS_MIN
     assert mean(error_image["p2p"]) <= OTHER_DIGIT_ERROR_MAX
     assert gap >= GAP_MIN_FACTOR and gap_source >= GAP_MIN_FACTOR
 
