@@ -5,11 +5,17 @@
 #   bash scripts/run-tests.sh tests/unit -k ddim
 # The first run builds the test venv (a few minutes); see scripts/env.sh for the knobs.
 # INVEDIT_TEST_THREADS (default 1) sets torch's thread count, INVEDIT_TEST_TIMEOUT (default 900)
-# the per-test time limit in seconds.
+# the per-test time limit in seconds. The browser tests (tests/browser) need Chromium and
+# playwright-core: scripts/browser-deps.sh installs them once (apt-get + npm); set
+# INVEDIT_SKIP_BROWSER=1 to skip those tests instead.
 set -euo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh" || exit 1
 cd "$INVEDIT_ROOT"
+if [[ ${INVEDIT_SKIP_BROWSER:-0} != 1 ]]; then
+  # On failure the browser tests fail and say what is missing; the other tests still run.
+  bash scripts/browser-deps.sh || echo "run-tests: scripts/browser-deps.sh failed; the browser tests will fail" >&2
+fi
 
 targets=(tests)
 for arg in "$@"; do
