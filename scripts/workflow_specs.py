@@ -21,6 +21,7 @@ EXAMPLES: dict[str, Callable[[], "ExampleWorkflow"]] = {}
 STEPS = 50  # the reference number of DDIM steps (Prompt-to-Prompt, null-text inversion)
 SCHEDULER = "ddim_uniform"  # visits the DDIM timesteps 981, 961, ..., 1
 TESTBED_DIGIT_COUNT = 4
+TESTBED_VIEW_SCALE = 8  # the 16x8 canvases are shown enlarged; metrics use them as they are
 SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 SD15_CHECKPOINT_URL = (
     "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/v1-5-pruned-emaonly.safetensors"
@@ -91,6 +92,14 @@ class Source:
     decode: Callable[[NodeRef | list], NodeRef]
     text_encoder: list  # the CLIP (or the test-bed's text encoder) the prompts were encoded with
     prompt: str | list  # the source prompt: its text, or a link to it
+    view_scale: int = 1  # nearest-neighbour enlargement of the images shown in Preview Image nodes
+
+    def preview(self, images: NodeRef | list) -> NodeRef:
+        """A Preview Image of ``images``, enlarged ``view_scale`` times (metrics keep the true size)."""
+        g = self.workflow.graph
+        if self.view_scale > 1:
+            images = g.node("ImageScaleBy", image=images, upscale_method="nearest-exact", scale_by=float(self.view_scale))
+        return g.node("PreviewImage", images=images)
 
 
 def testbed_source(workflow: ExampleWorkflow, count: int = TESTBED_DIGIT_COUNT, seed: int = 0) -> Source:
@@ -106,7 +115,7 @@ def testbed_source(workflow: ExampleWorkflow, count: int = TESTBED_DIGIT_COUNT, 
     latent = g.node("InvEditTestbedImageToLatent", image=digits.out(0))
     return Source(workflow, loader.out(0), digits.out(0), latent.out(0), positive, negative,
                   lambda samples: g.node("InvEditTestbedLatentToImage", latent=samples, scale=1),
-                  loader.out(1), digits.out(1))
+                  loader.out(1), digits.out(1), view_scale=TESTBED_VIEW_SCALE)
 
 
 def checkpoint_source(workflow: ExampleWorkflow, prompt: str | list, checkpoint: str = SD15_CHECKPOINT,
@@ -155,7 +164,7 @@ def testbed_ddim_reconstruction() -> ExampleWorkflow:
     )
     source = testbed_source(workflow)
     result = ddim_reconstruction(source)
-    workflow.graph.node("PreviewImage", images=result)
+    source.preview(result)
     workflow.graph.node("InvEditReconstructionError", reference=source.image, result=result, heatmap_gain=4.0)
     return workflow
 
@@ -246,9 +255,9 @@ def gap_workflow_parts(method: str, source_of: Callable[[ExampleWorkflow], Sourc
     source = source_of(workflow)
     inversion, closed = method_inversion(source, method)
     g = workflow.graph
-    g.node("PreviewImage", images=guided_reconstruction(source, inversion.out(1), f"Plain DDIM at cfg {EDIT_GUIDANCE:g}"))
+    source.preview(guided_reconstruction(source, inversion.out(1), f"Plain DDIM at cfg {EDIT_GUIDANCE:g}"))
     result = guided_reconstruction(source, closed.out(0), f"{GAP_METHODS[method][1]} at cfg {EDIT_GUIDANCE:g}")
-    g.node("PreviewImage", images=result)
+    source.preview(result)
     reference = compare_with(source) if compare_with is not None else source.image
     g.node("InvEditReconstructionError", reference=reference, result=result, heatmap_gain=4.0)
     return workflow, source, inversion, closed
@@ -410,7 +419,7 @@ def p2p_sampled(source: Source, inversion_link: list, edit: NodeRef, layer_downs
     maps = g.node("InvEditP2PAttentionMaps", maps=sample.out(2), layer_downsample=layer_downsample)
     g.node("PreviewImage", images=source.workflow.title_node(maps, "Word maps"))
     source_row = source.workflow.title_node(source.decode(sample.out(0)), "Source row (reconstruction)")
-    g.node("PreviewImage", images=source_row)
+    source.preview(source_row)
     return source_row, source.workflow.title_node(source.decode(sample.out(1)), "Edit")
 
 
@@ -448,7 +457,7 @@ def p2p_testbed(edit_name: str, title: str) -> ExampleWorkflow:
     _, closed = method_inversion(source, "negative_prompt")
     edit = p2p_edit(source, **P2P_TESTBED_SETTINGS, **P2P_TESTBED_EDITS[edit_name])
     source_row, edited = p2p_sampled(source, closed.out(0), edit, P2P_TESTBED_DOWNSAMPLE)
-    workflow.graph.node("PreviewImage", images=edited)
+    source.preview(edited)
     workflow.graph.node("InvEditReconstructionError", reference=source.image, result=source_row, heatmap_gain=4.0)
     return workflow
 
