@@ -22,6 +22,7 @@ from .blend import (
     DEFAULT_BLEND_THRESHOLD,
     DEFAULT_SUBTRACT_THRESHOLD,
     LocalBlend,
+    layer_shape,
 )
 from .context import COND, UNCOND, AttentionContext, AttentionSite, context_from_extra_options
 from .controller import (
@@ -75,6 +76,7 @@ __all__ = [
     "WordSwap",
     "align_tokens",
     "context_from_extra_options",
+    "layer_shape",
     "prompt_words",
     "word_token_positions",
 ]

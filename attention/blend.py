@@ -38,6 +38,16 @@ DEFAULT_BLEND_POOL_SIZE = 3
 """Side of the max-pool window that widens the word maps."""
 
 _MIN_MAX = 1e-12  # an all-zero map is divided by this instead of by its zero maximum
+_LISTED_DOWNSAMPLES = tuple(2**k for k in range(7))  # 1 ... 64, the levels a UNet can have
+
+
+def layer_shape(latent_shape: Sequence[int], downsample: int) -> tuple[int, int]:
+    """``(height, width)`` of the UNet level at ``latent / downsample``.
+
+    Each stride-2 convolution of the UNet rounds up (a 13-pixel side becomes 7, then 4), so the
+    level's side is ``ceil(side / downsample)``, also for odd latent sizes.
+    """
+    return tuple(-(-int(side) // downsample) for side in latent_shape[-2:])
 
 
 class LocalBlend:
@@ -118,6 +128,8 @@ class LocalBlend:
         self._word_sum: torch.Tensor | None = None
         self._subtract_sum: torch.Tensor | None = None
         self._layers = 0
+        self._cross_shapes: set[tuple[int, int]] = set()
+        self._latent_shape: tuple[int, int] | None = None
 
     @property
     def layers_seen(self) -> int:
@@ -130,10 +142,26 @@ class LocalBlend:
             return False
         if latent_shape is None:
             raise ValueError("LocalBlend needs the latent's (height, width) in the attention context (latent_shape).")
-        height, width = site.query_shape
-        return (
-            round(latent_shape[0] / height) == self.layer_downsample
-            and round(latent_shape[1] / width) == self.layer_downsample
+        self._cross_shapes.add(tuple(site.query_shape))
+        self._latent_shape = tuple(latent_shape)
+        return tuple(site.query_shape) == layer_shape(latent_shape, self.layer_downsample)
+
+    def check_fed(self) -> None:
+        """Raise if cross-attention layers ran since the last reset but none fed the mask.
+
+        Raises:
+            ValueError: no cross-attention layer sits at ``latent / layer_downsample``; the
+                message lists the downsamples this model's layers have.
+        """
+        if self._layers > 0 or not self._cross_shapes or self._latent_shape is None:
+            return
+        height, width = self._latent_shape
+        sizes = ", ".join(f"{h}x{w}" for h, w in sorted(self._cross_shapes, reverse=True))
+        usable = [d for d in _LISTED_DOWNSAMPLES if layer_shape(self._latent_shape, d) in self._cross_shapes]
+        raise ValueError(
+            f"LocalBlend found no cross-attention layer at 1/{self.layer_downsample} of the {height}x{width} "
+            f"latent, so it would blend nothing. This model's cross-attention layers are {sizes}: set the "
+            f"blend layer downsample (blend_layer_downsample) to one of {', '.join(map(str, usable))}."
         )
 
     def accumulate(self, site: AttentionSite, maps: torch.Tensor) -> None:

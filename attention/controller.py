@@ -148,8 +148,16 @@ class PromptToPrompt:
         return merge_heads(out).to(q.dtype)
 
     def blend(self, x: torch.Tensor, step: int, n_steps: int) -> torch.Tensor:
-        """Apply the LocalBlend (if any) to the latents ``[rows, C, H, W]`` after step ``step``."""
-        return x if self.local_blend is None else self.local_blend.apply(x, step, n_steps)
+        """Apply the LocalBlend (if any) to the latents ``[rows, C, H, W]`` after step ``step``.
+
+        Raises:
+            ValueError: the LocalBlend's layer size matches none of the cross-attention layers
+                that ran (it would silently blend nothing).
+        """
+        if self.local_blend is None:
+            return x
+        self.local_blend.check_fed()
+        return self.local_blend.apply(x, step, n_steps)
 
     def _mixes(
         self, context: AttentionContext, starts: list[int], key_length: int, device: torch.device, dtype: torch.dtype

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+import comfy.ldm.modules.diffusionmodules.openaimodel as comfy_unet
 import comfy.model_management
 import comfy.model_sampling
 import comfy.samplers
@@ -56,6 +57,9 @@ def lowest_sigma(model) -> float:
     return float(model.get_model_object("model_sampling").sigma_min)
 
 
+LATENT_PIXEL_RATIO = 8
+"""Image pixels per latent pixel of the SD1.x / SD2.x / SDXL VAEs (for messages)."""
+
 FINGERPRINT_SAMPLE = 64
 """Values read from each end of every weight tensor for the model fingerprint."""
 
@@ -77,6 +81,17 @@ def _patch_tensors(value: Any) -> list[torch.Tensor]:
     return _patch_tensors(weights) if weights is not None else []
 
 
+def architecture_fingerprint(model) -> str:
+    """Hex digest of a MODEL's class, UNet configuration, prediction type and noise schedule."""
+    base = model.model
+    sampling = model.get_model_object("model_sampling")
+    architecture = hashlib.sha256(json.dumps(
+        [type(base).__name__, getattr(base.model_config, "unet_config", {}), prediction_type(model)],
+        sort_keys=True, default=str).encode())
+    architecture.update(sampling.sigmas.detach().to("cpu", torch.float32).numpy().tobytes())
+    return architecture.hexdigest()
+
+
 def model_fingerprint(model) -> dict[str, str]:
     """Identity of a MODEL, cheap to compute: what a saved inversion is checked against.
 
@@ -86,11 +101,6 @@ def model_fingerprint(model) -> dict[str, str]:
     strengths. Model patches that only change sampling options are not included.
     """
     base = model.model
-    sampling = model.get_model_object("model_sampling")
-    architecture = hashlib.sha256(json.dumps(
-        [type(base).__name__, getattr(base.model_config, "unet_config", {}), prediction_type(model)],
-        sort_keys=True, default=str).encode())
-    architecture.update(sampling.sigmas.detach().to("cpu", torch.float32).numpy().tobytes())
     weights = hashlib.sha256()
     for key, tensor in sorted(base.state_dict().items()):
         if key in model.backup:  # patched in place while loaded: the original is kept here
@@ -104,13 +114,50 @@ def model_fingerprint(model) -> dict[str, str]:
             patches.update(f"{key}|{strength_patch}|{strength_model}|".encode())
             for tensor in _patch_tensors(value):
                 patches.update(_tensor_sample(tensor))
-    return {"architecture": architecture.hexdigest(), "weights": weights.hexdigest(),
+    return {"architecture": architecture_fingerprint(model), "weights": weights.hexdigest(),
             "patches": patches.hexdigest()}
 
 
 def latent_channels(model) -> int:
     """Channels of the latents ``model`` works on (4 for SD1.x/SDXL)."""
     return model.get_model_object("latent_format").latent_channels
+
+
+def smallest_latent_side(model) -> tuple[int, int]:
+    """``(shrink, side)``: how much the model's UNet shrinks a latent, and the smallest latent side it takes.
+
+    ``shrink`` is 2 per Downsample of the UNet (1 for models without input blocks); the smallest
+    side puts one pixel at the deepest level, or two where a GroupNorm has one channel per group
+    (one value per group cannot be normalised).
+    """
+    unet = model.get_model_object("diffusion_model")
+    blocks = getattr(unet, "input_blocks", None)
+    if blocks is None:
+        return 1, 1
+    shrink = 2 ** sum(isinstance(module, comfy_unet.Downsample) for module in blocks.modules())
+    single_channel_groups = any(isinstance(module, torch.nn.GroupNorm) and module.num_channels == module.num_groups
+                                for module in unet.modules())
+    return shrink, shrink * (2 if single_channel_groups else 1)
+
+
+def check_latent_shape(model, shape: torch.Size) -> None:
+    """Refuse a ``[B, C, H, W]`` latent of another latent format, or too small for the UNet."""
+    channels = latent_channels(model)
+    if shape[1] != channels:
+        raise InvEditInputError(
+            f"The latent has {shape[1]} channels but this model expects {channels}: "
+            "encode the image with this model's own VAE (a latent from another model family "
+            "cannot be inverted)."
+        )
+    shrink, smallest = smallest_latent_side(model)
+    height, width = int(shape[-2]), int(shape[-1])
+    if min(height, width) < smallest:
+        pixels = smallest * LATENT_PIXEL_RATIO
+        raise InvEditInputError(
+            f"The latent is {height}x{width}, too small for this model: its UNet shrinks the latent {shrink}x, "
+            f"so it needs at least {smallest}x{smallest} latent pixels ({pixels}x{pixels} image pixels with an "
+            "8x VAE). Upscale the image (Upscale Image) before VAE Encode."
+        )
 
 
 def check_latent(model, latent: dict) -> torch.Tensor:
@@ -121,13 +168,7 @@ def check_latent(model, latent: dict) -> torch.Tensor:
             "The LATENT must hold a 4-D 'samples' tensor [batch, channels, height, width]: "
             "connect a VAE Encode output (video latents are not supported)."
         )
-    channels = latent_channels(model)
-    if samples.shape[1] != channels:
-        raise InvEditInputError(
-            f"The latent has {samples.shape[1]} channels but this model expects {channels}: "
-            "encode the image with this model's own VAE (a latent from another model family "
-            "cannot be inverted)."
-        )
+    check_latent_shape(model, samples.shape)
     if latent.get("noise_mask") is not None:
         raise InvEditInputError(
             "The LATENT carries a noise mask (from Set Latent Noise Mask / inpainting). Inversion "
@@ -145,6 +186,59 @@ def check_inversion_fits(model, noise: torch.Tensor) -> None:
         raise InvEditInputError(
             f"This inversion holds {noise.shape[1]}-channel latents but the model expects {channels}: "
             "reconstruct with the model the image was inverted with."
+        )
+
+
+def check_inversion_model(model, record) -> None:
+    """Refuse sampling an INVERSION with a model of another latent family or architecture.
+
+    The architecture is compared with the fingerprint the inversion recorded (when it has one):
+    another family, UNet configuration, prediction type or noise schedule is refused; other
+    weights of the same architecture (a fine-tune, a LoRA) are not.
+    """
+    check_inversion_fits(model, record.trajectory.noise)
+    recorded = (record.settings or {}).get("model_fingerprint")
+    if isinstance(recorded, dict) and recorded.get("architecture") not in (None, architecture_fingerprint(model)):
+        raise InvEditInputError(
+            "This inversion was made with a model of another architecture (another model family, UNet "
+            "configuration, prediction type or noise schedule, e.g. an SD1.x inversion on an SDXL model). "
+            "Sample it with the model the image was inverted with, or invert the image again with this model."
+        )
+
+
+def check_conditioning(model, conditioning, what: str) -> None:
+    """Refuse an empty CONDITIONING, or one whose text context has another width than the model takes."""
+    if not isinstance(conditioning, list) or not conditioning:
+        raise InvEditInputError(
+            f"The {what} CONDITIONING is empty (no prompt in it): connect a CLIP Text Encode output "
+            "(an empty text is fine)."
+        )
+    width = getattr(model.model.model_config, "unet_config", {}).get("context_dim")
+    for entry in conditioning:
+        context = entry[0] if isinstance(entry, (list, tuple)) and entry else None
+        if width is not None and isinstance(context, torch.Tensor) and context.ndim == 3 and context.shape[-1] != width:
+            raise InvEditInputError(
+                f"The {what} prompt was encoded by a text encoder of another model family (context width "
+                f"{context.shape[-1]}; this model takes {width}): encode it with the CLIP of this model's "
+                "checkpoint."
+            )
+
+
+STOCHASTIC_SAMPLER_MARKERS = ("ancestral", "sde", "ddpm", "lcm", "seeds_", "sa_solver", "restart")
+"""Parts of the names of ComfyUI's sampler functions that add fresh noise at every step."""
+
+
+def check_deterministic_sampler(sampler, what: str) -> None:
+    """Refuse a SAMPLER that adds noise at every step (ancestral, SDE, DDPM, LCM) unless its eta or s_noise is 0."""
+    name = getattr(getattr(sampler, "sampler_function", None), "__name__", "")
+    options = getattr(sampler, "extra_options", None) or {}
+    quiet = options.get("eta", 1.0) == 0 or options.get("s_noise", 1.0) == 0
+    if any(marker in name for marker in STOCHASTIC_SAMPLER_MARKERS) and not quiet:
+        shown = name.removeprefix("sample_")
+        raise InvEditInputError(
+            f"{what} replays an inversion deterministically, but the sampler {shown!r} adds fresh random noise "
+            "at every step, so the result would leave the inverted path. Pick a deterministic sampler in "
+            "KSamplerSelect (ddim, euler, dpmpp_2m) or use InvEdit Replay Sampler."
         )
 
 
@@ -178,7 +272,8 @@ def check_finite(result: torch.Tensor, what: str) -> torch.Tensor:
     if not bool(torch.isfinite(result).all()):
         raise InvEditInputError(
             f"{what} produced NaN or infinite values. This usually means the model overflows in "
-            "float16: start ComfyUI with --force-fp32 (or --fp32-unet), or check the model and prompt."
+            "float16: run it in float32 (start ComfyUI with --force-fp32 or --fp32-unet) or bfloat16 "
+            "(--bf16-unet), or check the model and prompt."
         )
     return result
 
@@ -257,6 +352,9 @@ def run_sampler(model, positive, negative, cfg: float, latent: torch.Tensor, sam
                 sigmas: torch.Tensor, extra_options: Optional[dict[str, Any]] = None,
                 preview: bool = True) -> torch.Tensor:
     """:func:`sample_with_guider` with ComfyUI's plain CFGGuider over ``model``, the prompts and ``cfg``."""
+    check_conditioning(model, positive, "positive")
+    if cfg != 1.0:
+        check_conditioning(model, negative, "negative")
     guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)

@@ -137,6 +137,7 @@ class InversionSampler(io.ComfyNode):
 def _sample_inversion_for_model(model, x, sigmas, extra_args=None, callback=None, disable=None, options=None):
     """KSAMPLER function that builds the inversion settings from the model being sampled."""
     patcher = model.inner_model.model_patcher
+    host.check_latent_shape(patcher, x.shape)
     config = inversion_config(patcher, **(options or {}))
     return host.sample_inversion(model, x, sigmas, extra_args, callback, disable, config=config)
 

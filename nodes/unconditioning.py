@@ -139,18 +139,26 @@ class InversionGuider(comfy.samplers.CFGGuider):
     """CFG guider that samples an INVERSION with its unconditioning, step by step.
 
     Null-text contexts are paired with the sampler's steps by sigma; sampling with another
-    schedule fails with a message that says what to connect.
+    schedule, a sampler that adds noise at every step, a model of another architecture or a
+    prompt from another text encoder fails with a message that says what to change, and so
+    does a result with NaN (float16 overflow) instead of a black image.
     """
 
     def __init__(self, model, record: InversionRecord, positive, negative=None, cfg: float = 7.5):
+        host.check_inversion_model(model, record)
+        negative = negative_for(record, negative)
+        host.check_conditioning(model, positive, "positive")
+        if cfg != 1.0:
+            host.check_conditioning(model, negative, "negative")
         super().__init__(sampling_model(model, record))
         self.record = record
-        self.set_conds(positive, negative_for(record, negative))
+        self.set_conds(positive, negative)
         self.set_cfg(cfg)
 
     def sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        host.check_deterministic_sampler(sampler, "This InvEdit guider")
         check_schedule(sigmas, self.record)
-        return super().sample(noise, latent_image, sampler, sigmas, *args, **kwargs)
+        return host.check_finite(super().sample(noise, latent_image, sampler, sigmas, *args, **kwargs), "Sampling")
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from ..attention import CrossMapStore, TokenizedPrompt
+from ..attention import CrossMapStore, TokenizedPrompt, layer_shape
 from .previews import image_from_pil
 
 LABEL_HEIGHT = 14
@@ -60,7 +60,7 @@ class AttentionMaps:
         if not self.layers:
             return None
         if layer_downsample > 0:
-            wanted = tuple(round(s / layer_downsample) for s in self.latent_shape)
+            wanted = layer_shape(self.latent_shape, layer_downsample)
             maps = [m for m in self.layers.values() if tuple(m.shape[1:3]) == wanted]
             return torch.stack(maps).mean(0) if maps else None
         height, width = self.sizes()[0]

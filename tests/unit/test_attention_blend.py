@@ -16,6 +16,7 @@ from invedit.attention import (
     PromptEditError,
     PromptToPrompt,
     WordSwap,
+    layer_shape,
 )
 
 LAYER = AttentionSite(("input", 7), 0, True, 2, (4, 4))  # 4x4 maps of a 16x16 latent: downsample 4
@@ -140,3 +141,21 @@ def test_blend_set_up_errors():
         PromptToPrompt([PromptEdit(), PromptEdit()], local_blend=blend)
     with pytest.raises(ValueError, match="latent_shape"):
         blend.uses(LAYER, None)
+
+
+def test_layers_of_odd_latents_are_found_and_a_blend_without_layers_is_refused():
+    # A stride-2 convolution rounds up: 13x11 -> 7x6 -> 4x3 (round(13 / 4) = 3 would miss the 4x3 layer).
+    assert layer_shape((13, 11), 2) == (7, 6) and layer_shape((13, 11), 4) == (4, 3)
+    assert layer_shape((16, 16), 4) == (4, 4)
+    deep = AttentionSite(("input", 7), 0, True, 2, (4, 3))
+    assert LocalBlend([(2,), (3,)], layer_downsample=4).uses(deep, (13, 11))
+    blend = LocalBlend([(2,), (3,)], layer_downsample=1)
+    controller = PromptToPrompt([PromptEdit()], local_blend=blend)
+    x = torch.zeros(2, 4, 13, 11)
+    assert controller.blend(x, 5, 10) is x  # no attention layer ran yet: nothing to say
+    for shape in [(7, 6), (4, 3)]:
+        assert not blend.uses(AttentionSite(("input", 4), 0, True, 2, shape), (13, 11))
+    with pytest.raises(ValueError, match="no cross-attention layer at 1/1 of the 13x11 latent.*7x6, 4x3.*one of 2, 4"):
+        controller.blend(x, 5, 10)
+    blend.reset()
+    assert controller.blend(x, 5, 10) is x
