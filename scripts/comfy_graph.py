@@ -188,8 +188,15 @@ def _validation_message(error: dict, node_errors: dict) -> str:
     return "\n".join(lines)
 
 
-def run_prompt(prompt: Graph | dict) -> GraphResult:
-    """Validate and execute an API-format prompt with a fresh ``PromptExecutor`` (no cache).
+def new_executor() -> execution.PromptExecutor:
+    """A ``PromptExecutor`` with ComfyUI's default (CLASSIC) cache, reporting to the server stub."""
+    return execution.PromptExecutor(SERVER, cache_type=execution.CacheType.CLASSIC)
+
+
+def run_prompt(prompt: Graph | dict, executor: execution.PromptExecutor | None = None) -> GraphResult:
+    """Validate and execute an API-format prompt with a fresh ``PromptExecutor`` (no cache), or
+    with ``executor``: one kept across prompts caches node outputs between them as ComfyUI's
+    server does (a loader node with the same inputs runs once).
 
     Raises GraphValidationError / GraphExecutionError (both AssertionErrors) carrying
     ComfyUI's own message; returns the values the InvEditTestCapture nodes received.
@@ -206,7 +213,7 @@ def run_prompt(prompt: Graph | dict) -> GraphResult:
     SERVER.messages.clear()
     SERVER.progress_texts.clear()
     SERVER.last_prompt_id = prompt_id
-    executor = execution.PromptExecutor(SERVER, cache_type=execution.CacheType.CLASSIC)
+    executor = new_executor() if executor is None else executor
     try:
         executor.execute(prompt, prompt_id, {"client_id": CLIENT_ID}, outputs)
     finally:

@@ -16,6 +16,7 @@ Fixtures (see each docstring):
     tiny_model(arch, seed=0, fresh=False)            -> MODEL (ModelPatcher)
     tiny_conditioning(arch, seed=0, tokens=8)        -> CONDITIONING
     tiny_latent(arch, seed=0, batch=1, height=16, width=16) -> LATENT
+    photo_inputs           what the *_photo workflows load (an SD1.5 checkpoint of random weights, a photo)
     comfy_host             facts about the booted host (paths, pack load result)
     pack_loaded            the pack's node ids (fails if ComfyUI could not load the pack)
     pack_nodes             {node id: node class} as ComfyUI registered them
@@ -58,6 +59,7 @@ COMFYUI_BASE_DIR = Path(tempfile.mkdtemp(prefix="invedit-comfyui-"))
 atexit.register(shutil.rmtree, COMFYUI_BASE_DIR, ignore_errors=True)
 nodes = boot_comfyui(COMFYUI_PATH, COMFYUI_BASE_DIR)
 
+import random_checkpoints  # noqa: E402
 import tiny_models  # noqa: E402
 from comfy_graph import SERVER, Graph, GraphResult, InvEditTestCapture, ServerStub, run_prompt  # noqa: E402
 
@@ -242,3 +244,57 @@ def shared_models_unchanged():
     changed = tiny_models.evict_changed_cached_models()
     if changed:
         pytest.fail("the test changed shared tiny models (patch a clone instead):\n" + "\n".join(changed))
+
+
+# ---------------------------------------------------------------------------------------------
+# The inputs of the shipped photo workflows: an SD1.5 checkpoint of random weights and a photo.
+
+PHOTO_SIZE = 128  # pixels: a 16x16 latent, the smallest InvEdit takes for SD1.5 (2x2 at the deepest level)
+
+
+@dataclass(frozen=True)
+class PhotoInputs:
+    """Where :func:`photo_inputs` put things: checkpoint and image by the names the workflows load."""
+
+    checkpoint: random_checkpoints.BuiltCheckpoint
+    checkpoint_name: str
+    image_name: str
+    image_size: int
+
+
+def make_test_picture(size: int):
+    """A fixed RGB picture (PIL image): colour ramps, a disc and a stripe."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:size, 0:size] / (size - 1)
+    disc = ((x - 0.35) ** 2 + (y - 0.4) ** 2) < 0.06
+    red = np.where(disc, 0.9, 0.2 + 0.6 * x)
+    green = np.where(disc, 0.8, 0.3 + 0.5 * y)
+    blue = np.where(np.abs(x + y - 1.3) < 0.08, 0.1, 0.5 + 0.4 * np.sin(6.0 * x * y))
+    pixels = np.stack([red, green, blue], axis=-1)
+    return Image.fromarray(np.round(pixels * 255).astype(np.uint8), "RGB")
+
+
+@pytest.fixture(scope="session")
+def photo_inputs() -> PhotoInputs:
+    """The shipped *_photo workflows' inputs, in place in this ComfyUI: ``models/checkpoints/<
+    workflow_specs.SD15_CHECKPOINT>`` links to the cached SD1.5 checkpoint of random weights
+    (random_checkpoints.py: built on first use, about 45 s and 2.1 GB, then reused) and
+    ``input/<workflow_specs.EXAMPLE_IMAGE>`` is a PHOTO_SIZE x PHOTO_SIZE test picture."""
+    import folder_paths
+    import workflow_specs
+
+    built = random_checkpoints.ensure_checkpoint()
+    if built.built:
+        print(f"\nbuilt {built.path} ({built.reason}) in {built.build_seconds:.1f} s")
+    checkpoints = Path(folder_paths.get_folder_paths("checkpoints")[0])
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    link = checkpoints / workflow_specs.SD15_CHECKPOINT
+    link.unlink(missing_ok=True)
+    link.symlink_to(built.path)
+    assert Path(folder_paths.get_full_path_or_raise("checkpoints", link.name)).resolve() == built.path.resolve()
+    image = Path(folder_paths.get_input_directory()) / workflow_specs.EXAMPLE_IMAGE
+    image.parent.mkdir(parents=True, exist_ok=True)
+    make_test_picture(PHOTO_SIZE).save(image)
+    return PhotoInputs(built, link.name, image.name, PHOTO_SIZE)
