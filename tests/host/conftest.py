@@ -249,7 +249,7 @@ def shared_models_unchanged():
 # ---------------------------------------------------------------------------------------------
 # The inputs of the shipped photo workflows: an SD1.5 checkpoint of random weights and a photo.
 
-PHOTO_SIZE = 128  # pixels: a 16x16 latent, the smallest InvEdit takes for SD1.5 (2x2 at the deepest level)
+PHOTO_SIZE = 128  # pixels: a 16x16 latent (2x2 at the deepest level; SD1.5 takes 64 px and up)
 
 
 @dataclass(frozen=True)

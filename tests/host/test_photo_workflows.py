@@ -3,7 +3,7 @@
 The workflows load ``workflow_specs.SD15_CHECKPOINT`` with CheckpointLoaderSimple and a photo with
 LoadImage; the ``photo_inputs`` fixture (conftest) puts an SD1.5 checkpoint of random weights
 (random_checkpoints.py: the real architecture and key layout, 2.1 GB, built once and cached) and a
-128x128 picture (the smallest InvEdit takes for SD1.5) under those names. Each workflow file is
+128x128 picture (a 16x16 latent; SD1.5 takes 64x64 and up) under those names. Each workflow file is
 converted to the prompt the frontend queues (workflow_format.api_prompt) and only made cheap:
 every ``steps`` widget is set to :data:`TEST_STEPS` and null-text's ``inner_steps`` to
 :data:`TEST_INNER_STEPS`; the loader, CLIP, VAE and InvEdit nodes are the workflow's own.
