@@ -169,20 +169,14 @@ def source_group_norm(model, rows: int):
 
 def one_image(record, index: int):
     """The INVERSION of image ``index`` of a batched one (trajectory, null-text contexts, prompt)."""
-    trajectory = dataclasses.replace(record.trajectory, latents=record.trajectory.latents[:, index:index + 1])
-    uncond = dataclasses.replace(record.unconditioning,
-                                 step_contexts=record.unconditioning.step_contexts[:, index:index + 1])
     context, options = record.positive[0]
-    return record.with_changes(trajectory=trajectory, unconditioning=uncond,
-                               positive=[[context[index:index + 1], options]])
+    return record.select_images([index]).with_changes(positive=[[context[index:index + 1], options]])
 
 
 def swapped(prompt: str, position: int) -> str:
     from invedit.testbed import vocabulary
 
-    words = prompt.split()
-    words[position] = vocabulary.DIGIT_WORDS[(vocabulary.DIGIT_WORDS.index(words[position]) + SWAP_OFFSET) % 10]
-    return " ".join(words)
+    return vocabulary.shift_digit_word(prompt, position, SWAP_OFFSET)
 
 
 def edit_rows(model, text_encoder, record, source: str, targets: list[str], setting: Setting,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -88,6 +88,21 @@ class InversionRecord:
     def with_changes(self, **changes: Any) -> "InversionRecord":
         """A new record with some fields replaced (records are never modified in place)."""
         return replace(self, **changes)
+
+    def select_images(self, indices: Sequence[int]) -> "InversionRecord":
+        """A new record holding only the batch rows ``indices`` (repeats allowed), in that order.
+
+        The trajectory ``[N+1, B, C, H, W]`` and per-image null-text contexts ``[N, B, L, D]``
+        are indexed on their batch axis; contexts shared by every row (``B`` = 1) are kept.
+        ``positive`` / ``negative`` are opaque here: give the selected rows' prompts with
+        :meth:`with_changes`. ``settings`` keep describing the batch the rows came from.
+        """
+        rows = list(indices)
+        trajectory = replace(self.trajectory, latents=self.trajectory.latents[:, rows])
+        uncond = self.unconditioning
+        if uncond is not None and uncond.step_contexts is not None and uncond.step_contexts.shape[1] > 1:
+            uncond = replace(uncond, step_contexts=uncond.step_contexts[:, rows])
+        return replace(self, trajectory=trajectory, unconditioning=uncond)
 
 
 def tensor_sha256(tensor: torch.Tensor) -> str:

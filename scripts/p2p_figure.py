@@ -40,11 +40,9 @@ def swap_right_digit(prompt: str) -> tuple[str, str, str]:
     """``(edited prompt, old word, new word)`` with the right digit's word swapped."""
     from invedit.testbed import vocabulary
 
-    words = prompt.split()
-    old = words[vocabulary.RIGHT_WORD_POSITION]
-    new = vocabulary.DIGIT_WORDS[(vocabulary.DIGIT_WORDS.index(old) + SWAP_OFFSET) % len(vocabulary.DIGIT_WORDS)]
-    words[vocabulary.RIGHT_WORD_POSITION] = new
-    return " ".join(words), old, new
+    position = vocabulary.RIGHT_WORD_POSITION
+    edited = vocabulary.shift_digit_word(prompt, position, SWAP_OFFSET)
+    return edited, prompt.split()[position], edited.split()[position]
 
 
 def invert(node, model, encode, canvas, prompt):

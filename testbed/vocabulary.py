@@ -44,6 +44,18 @@ def digit_word(digit: int) -> str:
     return DIGIT_WORDS[int(digit)]
 
 
+def shift_digit_word(prompt: str, position: int, offset: int) -> str:
+    """``prompt`` with its digit word at word ``position`` replaced by the digit ``offset`` further on (mod 10).
+
+    E.g. ``shift_digit_word("a photo of three and seven", RIGHT_WORD_POSITION, 5)`` ->
+    ``"a photo of three and two"``: the word swap the Prompt-to-Prompt tests and figures make.
+    """
+    words = prompt.split()
+    digit = DIGIT_WORDS.index(words[position])
+    words[position] = DIGIT_WORDS[(digit + offset) % len(DIGIT_WORDS)]
+    return " ".join(words)
+
+
 def prompt_for(left_digit: int, right_digit: int) -> str:
     """The template prompt naming a canvas's digits, e.g. (3, 7) -> "a photo of three and seven"."""
     return PROMPT_TEMPLATE.format(left=digit_word(left_digit), right=digit_word(right_digit))

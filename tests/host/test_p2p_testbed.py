@@ -19,7 +19,6 @@ the source row almost halves it (benchmarks/p2p_testbed.py, results/p2p_testbed.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import pytest
@@ -58,20 +57,12 @@ def encode(pack_nodes, text_encoder, prompts):
 
 def one_image(record, index: int):
     """The INVERSION of image ``index`` of a batched one (trajectory, null-text contexts, prompt)."""
-    trajectory = dataclasses.replace(record.trajectory, latents=record.trajectory.latents[:, index:index + 1])
-    uncond = record.unconditioning
-    if uncond is not None and uncond.step_contexts is not None and uncond.step_contexts.shape[1] > 1:
-        uncond = dataclasses.replace(uncond, step_contexts=uncond.step_contexts[:, index:index + 1])
     context, options = record.positive[0]
-    return record.with_changes(trajectory=trajectory, unconditioning=uncond,
-                               positive=[[context[index:index + 1], options]])
+    return record.select_images([index]).with_changes(positive=[[context[index:index + 1], options]])
 
 
 def swapped(prompt: str, position: int) -> str:
-    words = prompt.split()
-    digit = vocabulary.DIGIT_WORDS.index(words[position])
-    words[position] = vocabulary.DIGIT_WORDS[(digit + SWAP_OFFSET) % 10]
-    return " ".join(words)
+    return vocabulary.shift_digit_word(prompt, position, SWAP_OFFSET)
 
 
 def half(canvas: torch.Tensor, side: int) -> torch.Tensor:
@@ -115,14 +106,6 @@ def p2p_sample(model, text_encoder, record, source, targets, **settings):
     return source_latent["samples"], edited["samples"], maps
 
 
-def image_rows(record, indices: list[int], positive):
-    """An INVERSION whose batch rows are images ``indices`` of ``record``, sampled with ``positive``."""
-    trajectory = dataclasses.replace(record.trajectory, latents=record.trajectory.latents[:, indices])
-    uncond = dataclasses.replace(record.unconditioning,
-                                 step_contexts=record.unconditioning.step_contexts[:, indices])
-    return record.with_changes(trajectory=trajectory, unconditioning=uncond, positive=positive)
-
-
 @pytest.fixture(scope="module")
 def swaps(pack_nodes, testbed, inverted):
     """For each canvas and side: P2P edits (with and without LocalBlend) and the plain regeneration."""
@@ -143,8 +126,8 @@ def swaps(pack_nodes, testbed, inverted):
                          "p2p": blended[side], "injection only": injected[side:side + 1]})
         all_targets += targets
     with torch.inference_mode():
-        plain_record = image_rows(record, [i for i in range(len(prompts)) for _ in range(2)],
-                                  encode(pack_nodes, text_encoder, all_targets))
+        plain_record = record.select_images([i for i in range(len(prompts)) for _ in range(2)]).with_changes(
+            positive=encode(pack_nodes, text_encoder, all_targets))
         plain = pack_nodes["InvEditReconstruct"].execute(model=model, positive=plain_record.positive,
                                                          inversion=plain_record, cfg=CFG).result[0]["samples"]
     for row, regenerated in zip(rows, plain):

@@ -152,3 +152,10 @@ def test_warm_start_brings_the_latents_towards_gaussian_noise(runs):
     assert abs(warm - baseline) < abs(ddim - baseline)
     other = torch.randn(noise.shape, generator=torch.Generator().manual_seed(2))
     assert metrics.kl_to_noise(runs["warm2"]["noise"], other) < metrics.kl_to_noise(runs["ddim"]["noise"], other) / 3
+
+
+def test_shift_digit_word_swaps_one_digit_word_modulo_ten():
+    prompt = vocabulary.prompt_for(3, 7)
+    assert vocabulary.shift_digit_word(prompt, vocabulary.RIGHT_WORD_POSITION, 5) == "a photo of three and two"
+    assert vocabulary.shift_digit_word(prompt, vocabulary.LEFT_WORD_POSITION, 5) == "a photo of eight and seven"
+    assert vocabulary.shift_digit_word(prompt, vocabulary.LEFT_WORD_POSITION, 10) == prompt
