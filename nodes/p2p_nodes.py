@@ -189,7 +189,6 @@ class P2PGuiderNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, inversion, edit, cfg, negative=None) -> io.NodeOutput:
-        host.check_inversion_fits(model, inversion.trajectory.noise)
         return io.NodeOutput(P2PGuider(model, inversion, edit.conditioning, edit.controller(), negative, cfg))
 
 
