@@ -53,7 +53,7 @@ from testbed import data as data_lib  # noqa: E402
 from testbed import schedule as schedule_lib  # noqa: E402
 from testbed import vocabulary as vocab  # noqa: E402
 from testbed.classifier import training_split_classifier  # noqa: E402
-from testbed.selectivity import SelectivityAccumulator, attention_map_size, half_masks  # noqa: E402
+from testbed.selectivity import SelectivityAccumulator, attention_map_size, own_half_share  # noqa: E402
 from testbed.text import CONTEXT_DIM, PromptEmbedding  # noqa: E402
 from testbed.weights import DEFAULT_MODEL_PATH, FORMAT_NAME, FORMAT_VERSION, HASH_KEY, UNET_PREFIX  # noqa: E402
 from testbed.weights import load_testbed, save_testbed  # noqa: E402
@@ -86,8 +86,8 @@ Recorder = dict
 # --------------------------------------------------------------------------- ComfyUI model
 
 
-def import_comfy(comfyui_path: Path):
-    """Import ComfyUI's UNet and ops from a ComfyUI work tree (CPU, no argument parsing)."""
+def prepare_comfy(comfyui_path: Path) -> None:
+    """Make a ComfyUI work tree importable: CPU, no argument parsing."""
     sys.path.insert(0, str(comfyui_path))
     import comfy.options
 
@@ -95,6 +95,11 @@ def import_comfy(comfyui_path: Path):
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
+
+
+def import_comfy(comfyui_path: Path):
+    """Import ComfyUI's UNet and ops from a ComfyUI work tree (CPU, no argument parsing)."""
+    prepare_comfy(comfyui_path)
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
@@ -211,14 +216,8 @@ def localisation_loss(recorder: Recorder, conditional: torch.Tensor) -> torch.Te
     """
     losses = []
     for probs in recorder.values():  # [B, heads, Nq, Nk]
-        probs = probs[conditional]
         height, width = attention_map_size(probs.shape[2])
-        left, right = (mask.to(probs.device) for mask in half_masks(height, width))
-        left_column = probs[..., vocab.LEFT_WORD_POSITION].sum(dim=(0, 1))  # [Nq]
-        right_column = probs[..., vocab.RIGHT_WORD_POSITION].sum(dim=(0, 1))
-        own = left_column[left].sum() + right_column[right].sum()
-        total = left_column.sum() + right_column.sum()
-        losses.append(1.0 - own / total.clamp_min(1e-8))
+        losses.append(1.0 - own_half_share(probs[conditional], height, width))
     return torch.stack(losses).mean()
 
 
@@ -496,7 +495,6 @@ def train(args, unet_class, operations) -> tuple[torch.nn.Module, PromptEmbeddin
 
 def metadata_for(args, unet_config: dict, stats: dict, evaluation: dict) -> dict:
     """The file's metadata (every value becomes JSON; see testbed/weights.py)."""
-    _, heldout = data_lib.split_indices()
     return {
         "format": {"name": FORMAT_NAME, "version": FORMAT_VERSION},
         "unet_config": unet_config,
@@ -511,6 +509,25 @@ def metadata_for(args, unet_config: dict, stats: dict, evaluation: dict) -> dict
             "cross_attention_blocks": [list(key) for key in cross_attention_blocks_from_config(unet_config)],
             "comfy_build": COMFY_BUILD_NOTE,
         },
+        **canvas_metadata(),
+        "training": {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                     "warmup": args.warmup, "optimizer": "AdamW, grad clip 1.0, cosine to 10 %",
+                     "ema_decay": EMA_DECAY, "prompt_dropout": PROMPT_DROPOUT,
+                     "attention_loss_weight": args.attention_loss_weight,
+                     "objective": "mse(eps_pred, eps), t uniform in 0..999, "
+                                  "x_t = sqrt(abar) x0 + sqrt(1 - abar) eps",
+                     "threads": torch.get_num_threads(), "torch": torch.__version__, **stats},
+        "evaluation": evaluation,
+    }
+
+
+def canvas_metadata(**text_extra) -> dict:
+    """The ``text``, ``image`` and ``data_split`` metadata, shared by both test-bed files.
+
+    ``text_extra`` adds entries to ``text`` (the flow model's pooling).
+    """
+    _, heldout = data_lib.split_indices()
+    return {
         "text": {
             "vocabulary": list(vocab.VOCABULARY),
             "pad_token": vocab.PAD_TOKEN,
@@ -520,6 +537,7 @@ def metadata_for(args, unet_config: dict, stats: dict, evaluation: dict) -> dict
             "digit_word_positions": {"left": vocab.LEFT_WORD_POSITION, "right": vocab.RIGHT_WORD_POSITION},
             "context_dim": CONTEXT_DIM,
             "encoder": "context[b, j] = text.token_embedding[ids[b, j]] + text.position_embedding[j]",
+            **text_extra,
         },
         "image": {"shape_chw": list(data_lib.CANVAS_SHAPE), "value_range": [-1.0, 1.0],
                   "layout": "left digit columns 0-7, right digit columns 8-15; -1 is blank",
@@ -527,15 +545,11 @@ def metadata_for(args, unet_config: dict, stats: dict, evaluation: dict) -> dict
         "data_split": {"seed": data_lib.SPLIT_SEED, "heldout_fraction": data_lib.HELDOUT_FRACTION,
                        "rule": "perm = numpy.random.default_rng(seed).permutation(1797); "
                                "held out = sorted(perm[:round(fraction * 1797)]); train = the rest",
-                       "heldout_indices": [int(i) for i in heldout]},
-        "training": {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                     "warmup": args.warmup, "optimizer": "AdamW, grad clip 1.0, cosine to 10 %",
-                     "ema_decay": EMA_DECAY, "prompt_dropout": PROMPT_DROPOUT,
-                     "attention_loss_weight": args.attention_loss_weight,
-                     "objective": "mse(eps_pred, eps), t uniform in 0..999, "
-                                  "x_t = sqrt(abar) x0 + sqrt(1 - abar) eps",
-                     "threads": torch.get_num_threads(), "torch": torch.__version__, **stats},
-        "evaluation": evaluation,
+                       "heldout_indices": [int(i) for i in heldout],
+                       "heldout_tensors": {data_lib.HELDOUT_INDICES_KEY: "[N] int64 dataset indices",
+                                           data_lib.HELDOUT_PIXELS_KEY: "[N, 8, 8] uint8 raw values 0..16",
+                                           data_lib.HELDOUT_LABELS_KEY: "[N] int64 labels",
+                                           "file": "models/testbed_digits.safetensors"}},
     }
 
 
@@ -571,11 +585,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--evaluate-only", action="store_true", help="evaluate the model at --out")
     parser.add_argument("--write-evaluation", action="store_true",
                         help="with --evaluate-only: store the new numbers in the file's metadata")
+    parser.add_argument("--write-heldout-digits", action="store_true",
+                        help="rewrite the file at --out with the held-out digits added (model tensors unchanged)")
     return parser.parse_args()
+
+
+def write_heldout_digits(path: Path) -> None:
+    """Add the held-out digits (``heldout.*`` tensors) to an existing file; every other tensor is kept."""
+    loaded = load_testbed(path)
+    metadata = {key: value for key, value in loaded.metadata.items() if key != HASH_KEY}
+    metadata["data_split"] = canvas_metadata()["data_split"]
+    digest = save_testbed(path, {**loaded.tensors, **data_lib.heldout_tensors()}, metadata)
+    print(f"added the held-out digits to {path} (sha256 of tensors {digest})")
 
 
 def main() -> None:
     args = parse_args()
+    if args.write_heldout_digits:
+        write_heldout_digits(args.out)
+        return
     torch.set_num_threads(args.threads)
     unet_class, operations = import_comfy(args.comfyui)
     if args.evaluate_only:
@@ -597,6 +625,7 @@ def main() -> None:
     dtype = torch.float16 if args.fp16 else torch.float32
     tensors = {UNET_PREFIX + key: value.to(dtype) for key, value in unet.state_dict().items()}
     tensors.update({key: value.to(dtype) for key, value in text.tensors().items()})
+    tensors.update(data_lib.heldout_tensors())
     # evaluate exactly what is stored (the rounded weights, computed in float32)
     unet.load_state_dict({k[len(UNET_PREFIX):]: v.float() for k, v in tensors.items() if k.startswith(UNET_PREFIX)})
     evaluation = evaluate(unet.eval(), PromptEmbedding.from_tensors(tensors), args.seed)
