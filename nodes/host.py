@@ -328,8 +328,8 @@ def sample_replay(model, x, sigmas, extra_args=None, callback=None, disable=None
 
 
 def inversion_noise_latent(model, record) -> torch.Tensor:
-    """An INVERSION's noise as raw VAE-latent ``samples`` for ``model`` (its latent family checked)."""
-    check_inversion_fits(model, record.trajectory.noise)
+    """An INVERSION's noise as raw VAE-latent ``samples`` for ``model`` (its latent family and architecture checked)."""
+    check_inversion_model(model, record)
     return model.model.process_latent_out(record.trajectory.noise.clone())
 
 
