@@ -1,9 +1,11 @@
 """Train InvEdit's flow test-bed: ComfyUI's own Flux transformer, built small, on two-digit canvases.
 
-Not run in CI. Writes ``models/testbed_flow.safetensors`` (float32, about 1.9 MB; layout in
+Not run in CI. Writes ``models/testbed_flow.safetensors`` (float32, 1.9 MB; layout in
 ``testbed/weights.py``). Seeds are fixed; the learning-rate schedule also ends at
-``--max-minutes``, so a much slower machine stops early (and then does not reproduce the
-committed weights bit for bit). One torch thread by default: the machine is shared.
+``--max-minutes`` (33), so a slower machine stops early and does not reproduce the weights bit for
+bit. One torch thread by default: the machine is shared. A step takes about 0.22 s on an idle
+thread (8,000 steps in about 30 minutes); the shipped run shared its 2 cores with other jobs and
+stopped at the cap after 5,347 steps, then evaluated for 4 minutes (37 minutes in all).
 
 The model is ``comfy.ldm.flux.model.Flux`` (double- and single-stream blocks, text tokens first in
 the joint attention) with the configuration of ``testbed.flow.flux_config`` (467k parameters, no
