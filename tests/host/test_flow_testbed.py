@@ -19,6 +19,7 @@ from invedit.testbed.weights import FLOW_FORMAT_NAME, FLOW_MODEL_PATH, Integrity
 SAMPLE_STEPS = 25
 SAMPLE_CFG = 2.0
 AGREEMENT_THRESHOLD = 0.9
+CONTROL_PAIR_STRIDE = 5
 # The README's table: every block carries the digit words (share of the image tokens' attention on
 # the two words >= WORD_SHARE_THRESHOLD) and keeps a clear majority of each word's attention on its
 # own digit's half (selectivity >= SELECTIVITY_THRESHOLD).
@@ -134,8 +135,11 @@ def test_guided_samples_of_every_prompt_pair_show_the_named_digits(pack_nodes, f
     assert score >= AGREEMENT_THRESHOLD, f"only {score:.2%} of the halves show the named digit"
 
     # Control: the same transformer with its trained weights shuffled (a model that learned nothing)
-    # fails the bound through the same sampler.
+    # fails the bound through the same sampler (on every fifth pair, to save time).
     import comfy.model_patcher
+
+    pairs, prompts = pairs[::CONTROL_PAIR_STRIDE], prompts[::CONTROL_PAIR_STRIDE]
+    positive = encode(pack_nodes, text_encoder, prompts)
 
     untrained = model.model.model_config.get_model({})
     generator = torch.Generator().manual_seed(0)
@@ -326,3 +330,30 @@ def test_every_pack_node_that_takes_a_model_runs_on_the_flow_model_or_refuses_it
         # "... Flow-matching models (SD3, Flux) ... cannot be inverted this way", or P2P's "... this model's Flux
         # has no input/middle/output blocks": the message names what is wrong with this model.
         assert "Flux" in str(refused.value), (node_id, str(refused.value))
+
+
+def test_the_packs_samplers_in_sampler_custom_advanced_on_the_flow_model(run_graph, pack_nodes):
+    """The replay sampler is deterministic Euler in sigma, so on a flow model it equals the stock euler
+    sampler; the inversion sampler refuses the flow model, naming the reason."""
+    from comfy_graph import GraphExecutionError
+
+    def sample(sampler_node: str, **sampler_inputs) -> torch.Tensor:
+        graph = Graph()
+        loader = graph.node("InvEditTestbedFlowModelLoader", verify=True)
+        positive = graph.node("InvEditTestbedTextEncode", text_encoder=loader.out(1), text="a photo of three and seven")
+        negative = graph.node("InvEditTestbedTextEncode", text_encoder=loader.out(1), text="")
+        digits = graph.node("InvEditTestbedHeldOutDigits", count=1, seed=0)
+        latent = graph.node("InvEditTestbedImageToLatent", image=digits.out(0))
+        guider = graph.node("CFGGuider", model=loader.out(0), positive=positive, negative=negative, cfg=SAMPLE_CFG)
+        sigmas = graph.node("BasicScheduler", model=loader.out(0), scheduler="simple", steps=10, denoise=0.6)
+        sampled = graph.node("SamplerCustomAdvanced", noise=graph.node("DisableNoise"), guider=guider,
+                             sampler=graph.node(sampler_node, **sampler_inputs), sigmas=sigmas, latent_image=latent)
+        graph.capture("latent", sampled.out(0))
+        return run_graph(graph)["latent"]["samples"]
+
+    replayed, euler = sample("InvEditReplaySampler"), sample("KSamplerSelect", sampler_name="euler")
+    assert float((replayed - euler).abs().max()) < 1e-5
+    # Control: another deterministic sampler (Heun, second order) lands elsewhere.
+    assert float((sample("KSamplerSelect", sampler_name="heun") - euler).abs().max()) > 1e-3
+    with pytest.raises(GraphExecutionError, match="Flow-matching models"):
+        sample("InvEditInversionSampler", **widget_defaults(pack_nodes["InvEditInversionSampler"]))
