@@ -24,7 +24,7 @@ from .blend import (
     LocalBlend,
     layer_shape,
 )
-from .context import COND, UNCOND, AttentionContext, AttentionSite, context_from_extra_options
+from .context import COND, UNCOND, AttentionContext, AttentionSite
 from .controller import (
     DEFAULT_SELF_REPLACE_FRACTION,
     SELF_MAX_QUERY_POSITIONS_NULL_TEXT,
@@ -75,7 +75,6 @@ __all__ = [
     "TokenizedPrompt",
     "WordSwap",
     "align_tokens",
-    "context_from_extra_options",
     "layer_shape",
     "prompt_words",
     "word_token_positions",

@@ -90,7 +90,7 @@ def _sd15_inputs(steps: int):
     from inversion_speed import FULL_SD15_CONTEXT, full_size_sd15
     from invedit.inversion import InversionTrajectory
     from invedit.inversion.record import InversionRecord
-    from invedit.nodes import host
+    from invedit.nodes.schedules import schedule
 
     sys.path.insert(0, str(HERE.parent / "tests" / "host"))
     import p2p_models
@@ -98,7 +98,7 @@ def _sd15_inputs(steps: int):
 
     model = full_size_sd15(tiny_models)
     text_encoder = p2p_models.SeededClip(comfy.sd1_clip.SD1Tokenizer(), FULL_SD15_CONTEXT)
-    sigmas = host.schedule(model, "ddim_uniform", steps)
+    sigmas = schedule(model, "ddim_uniform", steps)
     noise = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(0)) * float(sigmas[0])
     latents = torch.zeros(steps + 1, 1, 4, 64, 64)
     latents[-1] = noise
@@ -130,9 +130,9 @@ def run_case(model_name: str, case: str, steps: int, repeats: int) -> dict:
 
     import comfy.samplers
     from invedit.attention import CrossMapStore
-    from invedit.nodes import host
     from invedit.nodes.attention_patches import P2PGuider
     from invedit.nodes.p2p_prompts import build_edit_plan
+    from invedit.nodes.sampling import inversion_noise_latent, replay_sampler
 
     if model_name == "test-bed":
         model, text_encoder, source, target, negative, record = _testbed_inputs()
@@ -140,8 +140,8 @@ def run_case(model_name: str, case: str, steps: int, repeats: int) -> dict:
         model, text_encoder, source, target, negative, record = _sd15_inputs(steps)
     with torch.inference_mode():
         edit = build_edit_plan(text_encoder, source, target, "word swap", 0.8, 0.5, 1024)
-    noise_raw = host.inversion_noise_latent(model, record).expand(2, -1, -1, -1).clone()
-    sampler = comfy.samplers.KSAMPLER(host.sample_replay)
+    noise_raw = inversion_noise_latent(model, record).expand(2, -1, -1, -1).clone()
+    sampler = replay_sampler()
 
     def guider():
         if case.startswith("plain"):

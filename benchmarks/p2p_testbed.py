@@ -182,9 +182,9 @@ def swapped(prompt: str, position: int) -> str:
 def edit_rows(model, text_encoder, record, source: str, targets: list[str], setting: Setting,
               blend_words: str = "") -> torch.Tensor:
     """``[1 + len(targets), 1, 8, 16]``: the source row and the edited rows of one P2P run."""
-    from invedit.nodes import host
     from invedit.nodes.attention_patches import P2PGuider
     from invedit.nodes.p2p_nodes import P2PEditSettings
+    from invedit.nodes.sampling import inversion_noise_latent, replay_sampler, sample_with_guider
 
     edit = P2PEditSettings.execute(text_encoder=text_encoder, source_prompt=source, edited_prompts="\n".join(targets),
                                    mode="word swap", word_windows="", reweight="", blend_words=blend_words,
@@ -194,7 +194,7 @@ def edit_rows(model, text_encoder, record, source: str, targets: list[str], sett
     guider = P2PGuider(model, record, edit.conditioning, controller, None, CFG)
     norms = source_group_norm(model, 1 + len(targets)) if setting.source_group_norm else contextlib.nullcontext()
     with norms:
-        return host.sample_with_guider(guider, host.inversion_noise_latent(model, record), host.sample_replay,
+        return sample_with_guider(guider, inversion_noise_latent(model, record), replay_sampler(),
                                        record.sampling_sigmas, preview=False)
 
 

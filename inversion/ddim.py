@@ -1,37 +1,41 @@
-"""Deterministic DDIM inversion and its exact replay, over any x0-denoiser.
+"""Deterministic DDIM / rectified-flow Euler inversion and its exact replay, over any x0-denoiser.
 
 Song et al., "Denoising Diffusion Implicit Models" (ICLR 2021), eq. 12 with eta = 0, run
-backwards (Dhariwal & Nichol 2021; Mokady et al., "Null-text Inversion", CVPR 2023).
+backwards (Dhariwal & Nichol 2021; Mokady et al., "Null-text Inversion", CVPR 2023); for
+rectified-flow models the same walk is the Euler inversion of the flow ODE (Liu et al. 2023).
 
-Conventions (ComfyUI / k-diffusion): a state at level ``sigma`` is ``x = x0 + sigma * eps``;
-the denoiser maps ``(x [B,C,H,W], sigma [B])`` to its clean estimate ``x0 [B,C,H,W]`` (with
-guidance already applied, if any). A deterministic DDIM step between two levels is then
-one Euler step in sigma, in either direction:
+Conventions (ComfyUI / k-diffusion): the denoiser maps ``(x [B,C,...], sigma [B])`` to its clean
+estimate ``x0`` (with guidance already applied, if any). What a state at level ``sigma`` is
+depends on the model family (:mod:`.process`: ``x = x0 + sigma * eps`` for DDPM-family UNets,
+``x = (1 - sigma) x0 + sigma * eps`` for rectified flow); in both, one deterministic step between
+two levels is one Euler step in sigma with the slope ``(x - x0) / sigma`` (:mod:`.steps`), in
+either direction:
 
-    x_to = x_from + (sigma_to - sigma_from) * eps_hat
+    x_to = x_from + (sigma_to - sigma_from) * slope
 
-Inversion walks an ascending schedule ``sigmas[0] < ... < sigmas[N]``. The clean latent
-is read as the DDPM-scale state at the lowest level (``sigmas[0]``, often 0), exactly as
+Inversion walks an ascending schedule ``sigmas[0] < ... < sigmas[N]``. The clean latent is
+read as the model-scale state at the lowest level (``sigmas[0]``, often 0), exactly as
 diffusers' DDIMInverseScheduler reads it at ``initial_alpha_cumprod``.
 
-Two rules decide where ``eps_hat`` of step ``sigma_from -> sigma_to`` comes from:
+Two rules decide where the slope of step ``sigma_from -> sigma_to`` comes from:
 
 * ``"reference"`` (Prompt-to-Prompt, null-text inversion, diffusers
-  DDIMInverseScheduler): the model sees the current latent ``z_from`` at the NEXT,
-  higher level ``sigma_to``.
-* ``"simple"`` (core ComfyUI FlipSigmas + euler): the model is queried at the current
-  level ``sigma_from`` (at the model's lowest level when ``sigma_from`` is 0).
+  DDIMInverseScheduler): the model sees the current latent, as it sees it at ``sigma_from``, at
+  the NEXT, higher level ``sigma_to`` (for flow models: the state itself at ``sigma_to``).
+* ``"simple"`` (core ComfyUI FlipSigmas + euler; the official RF-Solver / FireFlow inversion
+  loops): the model is queried at the current level ``sigma_from`` (at the model's lowest level
+  when ``sigma_from`` is 0).
 
-For v-prediction models queried at another level than the state's, two conversions of the
+For v-prediction UNets queried at another level than the state's, two conversions of the
 prediction to eps exist:
 
 * ``"query"`` (default): the eps implied by the model's own clean estimate at the level it was
   queried at, ``(x_query - x0_query) / sigma_query``: consistent with how every sampler reads
   the model, so the round trip is about 10x tighter on our v test model.
 * ``"state"``: v converted with the state's level ``sigma_from``, exactly as diffusers'
-  DDIMInverseScheduler does (for agreement with that reference).
+  DDIMInverseScheduler does (for agreement with that reference; DDPM family only).
 
-For eps-prediction models both are the same.
+For eps-prediction and flow models both are the same.
 """
 
 from __future__ import annotations
@@ -43,10 +47,12 @@ import torch
 
 from . import easyinv as easyinv_lib
 from . import warm_start as warm_start_lib
-from .levels import alpha_bar, as_ascending_levels, from_ddpm_scale, to_ddpm_scale
+from .levels import alpha_bar, as_ascending_levels
+from .process import DDPM, DiffusionProcess, process_named
+from .steps import denoising_step, euler_step, ode_slope
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``denoiser(x [B,C,H,W], sigma [B]) -> x0 [B,C,H,W]``."""
+"""``denoiser(x [B,C,...], sigma [B]) -> x0 [B,C,...]`` (4-D latents, or 5-D for Qwen-Image)."""
 
 StepCallback = Callable[[dict], None]
 """Called after every model call with k-diffusion's keys: x, i, sigma, sigma_hat, denoised."""
@@ -57,7 +63,9 @@ TIMESTEP_RULES = (RULE_REFERENCE, RULE_SIMPLE)
 
 PREDICTION_EPS = "eps"
 PREDICTION_V = "v"
-PREDICTION_TYPES = (PREDICTION_EPS, PREDICTION_V)
+PREDICTION_VELOCITY = "velocity"
+PREDICTION_TYPES = (PREDICTION_EPS, PREDICTION_V, PREDICTION_VELOCITY)
+"""eps and v for DDPM-family UNets, velocity for rectified flow."""
 
 V_CONVERSION_QUERY = "query"
 V_CONVERSION_STATE = "state"
@@ -70,14 +78,17 @@ class InversionConfig:
 
     Attributes:
         timestep_rule: ``"reference"`` or ``"simple"`` (see the module docstring).
-        prediction_type: ``"eps"`` or ``"v"``: what the model predicts (its x0 output is
-            always used; the type only matters for the v conversion).
+        prediction_type: ``"eps"`` or ``"v"`` (DDPM family) or ``"velocity"`` (rectified flow): what
+            the model predicts (its x0 output is always used; the type only matters for the v
+            conversion, and must fit the process).
         v_conversion: ``"query"`` or ``"state"``: how a v prediction becomes eps when the
             model was queried at another level than the state's (see the module docstring).
         sigma_floor: the model's lowest level (its sigma at timestep 0); needed when the
             simple rule must query the model for a step that starts at sigma 0.
         easyinv: EasyInv aggregation, or None.
         warm_start: forward-diffusion warm start, or None.
+        process: name of the model family's forward process (:data:`.process.PROCESSES`):
+            ``"ddpm"`` for SD1.x / SD2.x / SDXL, ``"rectified-flow"`` for flow transformers.
     """
 
     timestep_rule: str = RULE_REFERENCE
@@ -86,6 +97,7 @@ class InversionConfig:
     sigma_floor: Optional[float] = None
     easyinv: Optional[easyinv_lib.EasyInvConfig] = None
     warm_start: Optional[warm_start_lib.WarmStartConfig] = None
+    process: str = DDPM.name
 
     def __post_init__(self) -> None:
         if self.timestep_rule not in TIMESTEP_RULES:
@@ -96,6 +108,19 @@ class InversionConfig:
             )
         if self.v_conversion not in V_CONVERSIONS:
             raise ValueError(f"v_conversion must be one of {V_CONVERSIONS}, got {self.v_conversion!r}.")
+        is_flow = process_named(self.process) is not DDPM
+        if is_flow != (self.prediction_type == PREDICTION_VELOCITY):
+            raise ValueError(
+                f"prediction_type {self.prediction_type!r} does not fit the {self.process!r} process: rectified-flow "
+                f"models predict {PREDICTION_VELOCITY!r}, DDPM-family models {PREDICTION_EPS!r} or {PREDICTION_V!r}."
+            )
+        if self.v_conversion == V_CONVERSION_STATE and is_flow:
+            raise ValueError(f"v_conversion {V_CONVERSION_STATE!r} applies to DDPM-family v-prediction models only.")
+
+    @property
+    def forward_process(self) -> DiffusionProcess:
+        """The rule object of :attr:`process`."""
+        return process_named(self.process)
 
 
 @dataclass
@@ -104,9 +129,10 @@ class InversionTrajectory:
 
     Attributes:
         sigmas: ``[N+1]`` ascending levels; ``sigmas[0]`` is the clean level.
-        latents: ``[N+1, B, C, H, W]``; ``latents[i]`` is the state step ``i`` moved from
+        latents: ``[N+1, B, C, ...]``; ``latents[i]`` is the state step ``i`` moved from
             (after any EasyInv aggregation, on the forward-diffusion path for warm-started
-            steps) and ``latents[N]`` is the inverted noise, all as ``x = x0 + sigma*eps``.
+            steps) and ``latents[N]`` is the inverted noise, all states of the model family's
+            forward process (``x = x0 + sigma*eps`` or ``x = (1-sigma) x0 + sigma*eps``).
         model_calls: number of denoiser evaluations made.
         config: the settings used.
     """
@@ -118,7 +144,7 @@ class InversionTrajectory:
 
     @property
     def noise(self) -> torch.Tensor:
-        """The inverted latent at the highest level, ``[B, C, H, W]``."""
+        """The inverted latent at the highest level, ``[B, C, ...]``."""
         return self.latents[-1]
 
 
@@ -137,88 +163,58 @@ def query_sigma(rule: str, sigma_from: torch.Tensor, sigma_to: torch.Tensor,
     return sigma_from.new_tensor(sigma_floor)
 
 
-def predict_eps(denoiser: Denoiser, x: torch.Tensor, sigma_from: torch.Tensor, sigma_query: torch.Tensor,
-                prediction_type: str, v_conversion: str = V_CONVERSION_QUERY) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise estimate for a state ``x`` at ``sigma_from``, asking the model at ``sigma_query``.
+def predict_slope(denoiser: Denoiser, x: torch.Tensor, sigma_from: torch.Tensor, sigma_query: torch.Tensor,
+                  config: InversionConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ODE slope for a state ``x`` at ``sigma_from``, asking the model at ``sigma_query``.
 
-    The DDPM-scale latent ``z = x / sqrt(1 + sigma_from^2)`` is presented to the model at
-    level ``sigma_query`` (so the UNet input is exactly ``z``). Returns ``(eps, x0)``, both
-    ``[B, C, H, W]``, with ``x0 = x - sigma_from * eps`` the clean estimate this step uses.
+    The model is shown the state it sees at ``sigma_from`` (same model input) at level
+    ``sigma_query``. Returns ``(slope, x0)``, both ``[B, C, ...]``: the slope is eps for
+    DDPM-family models and the velocity for rectified flow (:func:`.steps.ode_slope`); ``x0 =
+    x - sigma_from * slope`` is the clean estimate this step uses.
     """
     batch = x.shape[0]
-    z = to_ddpm_scale(x, sigma_from)
-    x_query = from_ddpm_scale(z, sigma_query)
+    process = config.forward_process
+    x_query = process.rescale(x, sigma_from, sigma_query)
     x0_query = denoiser(x_query, sigma_query * x.new_ones([batch]))
-    convert_at_state = prediction_type == PREDICTION_V and v_conversion == V_CONVERSION_STATE
+    convert_at_state = config.prediction_type == PREDICTION_V and config.v_conversion == V_CONVERSION_STATE
     if not convert_at_state or bool(sigma_query == sigma_from):
-        eps = (x_query - x0_query) / sigma_query
+        slope = ode_slope(x_query, x0_query, sigma_query)
     else:
         # v = sqrt(abar_q) eps - sqrt(1 - abar_q) x0 as predicted at the query level;
         # convert it to eps at the state's own level (DDIMInverseScheduler.step).
+        z = process.to_model_scale(x, sigma_from)
         abar_query = alpha_bar(sigma_query)
         abar_from = alpha_bar(sigma_from)
         v = (abar_query.sqrt() * z - x0_query) / (1.0 - abar_query).sqrt()
-        eps = abar_from.sqrt() * v + (1.0 - abar_from).sqrt() * z
-    return eps, x - sigma_from * eps
+        slope = abar_from.sqrt() * v + (1.0 - abar_from).sqrt() * z
+    return slope, x - sigma_from * slope
 
 
-def ddim_step(x: torch.Tensor, eps: torch.Tensor, sigma_from: torch.Tensor,
-              sigma_to: torch.Tensor) -> torch.Tensor:
-    """One deterministic DDIM step (eta = 0) between two levels, either direction."""
-    return x + eps * (sigma_to - sigma_from)
-
-
-def denoised_landing_on(x: torch.Tensor, x0_pred: torch.Tensor, sigma_from: float, sigma_to: float,
-                        x_next: torch.Tensor, x_wanted: torch.Tensor) -> torch.Tensor:
-    """The clean estimate that makes one DDIM step from ``x`` land on ``x_wanted`` instead of ``x_next``.
-
-    A deterministic DDIM (Euler) step is ``x_next = a x + (1 - a) x0`` with ``a = sigma_to / sigma_from``,
-    so the state after the step is steered to ``x_wanted`` (a source row put back on its recorded
-    trajectory, a LocalBlend) by giving the sampler
-    ``x0' = x0 + (x_wanted - x_next) / (1 - a)``. Elements where ``x_wanted`` equals ``x_next``
-    keep ``x0`` bit for bit. Exact for samplers that make one such step per model call (ddim,
-    euler, :func:`replay`), up to rounding.
-
-    Args:
-        x: ``[B, C, H, W]`` state at ``sigma_from``.
-        x0_pred: ``[B, C, H, W]`` the model's (guided) clean estimate at ``x``.
-        sigma_from, sigma_to: the step's levels (``sigma_to < sigma_from``).
-        x_next: the state the plain step reaches, ``x + (x - x0_pred) / sigma_from * (sigma_to - sigma_from)``.
-        x_wanted: the state the step must reach.
-
-    Returns:
-        ``[B, C, H, W]`` the clean estimate to hand to the sampler.
-    """
-    if not sigma_to < sigma_from:
-        raise ValueError(f"A step must go down in sigma to be steered; got {sigma_from} -> {sigma_to}.")
-    return x0_pred + (x_wanted - x_next) / (1.0 - sigma_to / sigma_from)
-
-
-def _aggregate_at(x: torch.Tensor, sigma: torch.Tensor, x_prev: torch.Tensor,
+def _aggregate_at(process: DiffusionProcess, x: torch.Tensor, sigma: torch.Tensor, x_prev: torch.Tensor,
                   sigma_prev: torch.Tensor, eta: float) -> torch.Tensor:
-    """EasyInv mixing on the DDPM scale; the result is a state at ``sigma``."""
-    mixed = easyinv_lib.aggregate(to_ddpm_scale(x, sigma), to_ddpm_scale(x_prev, sigma_prev), eta)
-    return from_ddpm_scale(mixed, sigma)
+    """EasyInv mixing on the model scale (the DDPM scale for UNets); the result is a state at ``sigma``."""
+    mixed = easyinv_lib.aggregate(process.to_model_scale(x, sigma), process.to_model_scale(x_prev, sigma_prev), eta)
+    return process.from_model_scale(mixed, sigma)
 
 
-def _warm_start_path(x_clean: torch.Tensor, levels: torch.Tensor, x_start: torch.Tensor,
+def _warm_start_path(process: DiffusionProcess, x_clean: torch.Tensor, levels: torch.Tensor, x_start: torch.Tensor,
                      replaced_steps: int, seed: int) -> list[torch.Tensor]:
     """States at levels ``0..k`` when the first ``k`` steps are replaced by forward diffusion."""
     noise = warm_start_lib.forward_noise(x_clean.shape, seed, x_clean.dtype, x_clean.device)
-    return [x_start] + [warm_start_lib.forward_diffuse(x_clean, levels[j], noise)
+    return [x_start] + [process.diffuse(x_clean, noise, levels[j])
                         for j in range(1, replaced_steps + 1)]
 
 
 def invert(denoiser: Denoiser, sigmas: torch.Tensor, x_clean: torch.Tensor,
            config: InversionConfig = InversionConfig(),
            callback: Optional[StepCallback] = None) -> InversionTrajectory:
-    """DDIM-invert a clean latent along a sigma schedule.
+    """DDIM-invert (UNets) or Euler-invert (rectified flow) a clean latent along a sigma schedule.
 
     Args:
-        denoiser: ``(x [B,C,H,W], sigma [B]) -> x0 [B,C,H,W]``, guidance applied inside.
+        denoiser: ``(x [B,C,...], sigma [B]) -> x0 [B,C,...]``, guidance applied inside.
         sigmas: 1-D schedule, ascending or descending (ComfyUI SIGMAS); ``N + 1`` levels.
-        x_clean: ``[B, C, H, W]`` clean latent in the model's own (scaled) units.
-        config: timestep rule, prediction type, EasyInv and warm-start settings.
+        x_clean: ``[B, C, ...]`` clean latent in the model's own (scaled) units.
+        config: timestep rule, prediction type, forward process, EasyInv and warm-start settings.
         callback: called after each model call (progress, previews, interruption).
 
     Returns:
@@ -231,25 +227,26 @@ def invert(denoiser: Denoiser, sigmas: torch.Tensor, x_clean: torch.Tensor,
     warm = config.warm_start
     first_step = warm.replaced_steps(n_steps) if warm is not None else 0
     agg = config.easyinv
-    x = from_ddpm_scale(x_clean, levels[0])
+    process = config.forward_process
+    x = process.from_model_scale(x_clean, levels[0])
     latents: list[torch.Tensor] = []
     x_prev, sigma_prev = None, None
     if first_step > 0:
-        path = _warm_start_path(x_clean, levels, x, first_step, warm.seed)
+        path = _warm_start_path(process, x_clean, levels, x, first_step, warm.seed)
         latents, x = path[:-1], path[-1]
         x_prev, sigma_prev = path[-2], levels[first_step - 1]
 
     for i in range(first_step, n_steps):
         sigma_from, sigma_to = levels[i], levels[i + 1]
         sigma_q = query_sigma(config.timestep_rule, sigma_from, sigma_to, config.sigma_floor)
-        eps, x0_pred = predict_eps(denoiser, x, sigma_from, sigma_q, config.prediction_type, config.v_conversion)
+        slope, x0_pred = predict_slope(denoiser, x, sigma_from, sigma_q, config)
         aggregating = agg is not None and easyinv_lib.in_window(i, n_steps, agg)
         if aggregating and agg.variant == easyinv_lib.AGGREGATE_INPUT and x_prev is not None:
-            x = _aggregate_at(x, sigma_from, x_prev, sigma_prev, agg.eta)
+            x = _aggregate_at(process, x, sigma_from, x_prev, sigma_prev, agg.eta)
         latents.append(x)
-        x_next = ddim_step(x, eps, sigma_from, sigma_to)
+        x_next = euler_step(x, slope, sigma_from, sigma_to)
         if aggregating and agg.variant == easyinv_lib.AGGREGATE_OUTPUT:
-            x_next = _aggregate_at(x_next, sigma_to, x, sigma_from, agg.eta)
+            x_next = _aggregate_at(process, x_next, sigma_to, x, sigma_from, agg.eta)
         x_prev, sigma_prev = x, sigma_from
         if callback is not None:
             callback({"x": x_next, "i": i, "sigma": sigma_to, "sigma_hat": sigma_q, "denoised": x0_pred})
@@ -271,7 +268,7 @@ class SourcePin:
     directly (the same value without the rounding of ``z + (z* - z)``).
 
     Attributes:
-        targets: ``[N, S, C, H, W]`` recorded state after each sampling step
+        targets: ``[N, S, C, ...]`` recorded state after each sampling step
             (``InversionRecord.step_targets()``).
         rows: the ``S`` batch rows that are source rows.
     """
@@ -291,20 +288,22 @@ class SourcePin:
 
 
 def replay(denoiser: Denoiser, sigmas: torch.Tensor, x_noise: torch.Tensor,
-           callback: Optional[StepCallback] = None, pin: Optional[SourcePin] = None) -> torch.Tensor:
-    """Deterministic DDIM sampling (eta = 0) down a schedule: the reconstruction of :func:`invert`.
+           callback: Optional[StepCallback] = None, pin: Optional[SourcePin] = None,
+           process: DiffusionProcess = DDPM) -> torch.Tensor:
+    """Deterministic sampling (DDIM eta 0 / flow Euler) down a schedule: the reconstruction of :func:`invert`.
 
     Args:
-        denoiser: ``(x [B,C,H,W], sigma [B]) -> x0 [B,C,H,W]``.
+        denoiser: ``(x [B,C,...], sigma [B]) -> x0 [B,C,...]``.
         sigmas: 1-D schedule, ascending or descending; it is walked from high to low.
-        x_noise: ``[B, C, H, W]`` state at the highest level.
+        x_noise: ``[B, C, ...]`` state at the highest level.
         callback: called after each model call.
         pin: direct inversion of some rows (its targets must follow this schedule).
+        process: the model family's forward process (for the scale of the returned latent).
 
     Returns:
-        ``[B, C, H, W]``: the DDPM-scale latent at the lowest level, i.e. the clean latent
+        ``[B, C, ...]``: the model-scale latent at the lowest level, i.e. the clean latent
         when the schedule ends at 0. Each step is computed exactly as ComfyUI's euler
-        sampler computes it, so a schedule ending at 0 reproduces stock ``ddim`` bit for bit.
+        sampler computes it, so a schedule ending at 0 reproduces stock ``ddim`` / ``euler`` bit for bit.
     """
     levels = as_ascending_levels(sigmas).flip(0).to(device=x_noise.device)
     x = x_noise
@@ -312,10 +311,9 @@ def replay(denoiser: Denoiser, sigmas: torch.Tensor, x_noise: torch.Tensor,
     for i in range(levels.numel() - 1):
         sigma, sigma_next = levels[i], levels[i + 1]
         x0_pred = denoiser(x, sigma * unit)
-        slope = (x - x0_pred) / sigma
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x0_pred})
-        x = x + slope * (sigma_next - sigma)
+        x = denoising_step(x, x0_pred, sigma, sigma_next)
         if pin is not None:
             x = pin.apply(i, x)
-    return to_ddpm_scale(x, levels[-1])
+    return process.to_model_scale(x, levels[-1])

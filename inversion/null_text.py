@@ -14,8 +14,9 @@ the guided DDIM step from the current state lands on the recorded state:
     null_i = null;  z_{i+1} = ddim_step(guided eps with null_i, z_i)
 
 ``null`` is warm-started from the previous step (from the empty prompt at step 0). States
-here are ComfyUI's ``x = x0 + sigma * eps`` (see :mod:`.ddim`); the loss is taken on the DDPM
-scale ``x / sqrt(1 + sigma^2)`` like the reference, so its early-stop bounds carry over.
+are those of the model family's forward process (:mod:`.process`); the loss is taken on the
+model scale, for UNets the DDPM scale ``x / sqrt(1 + sigma^2)`` like the reference, so its
+early-stop bounds carry over (for rectified flow, the state itself).
 
 Two stopping rules:
 
@@ -39,7 +40,9 @@ from typing import Callable, Optional
 
 import torch
 
-from .levels import as_ascending_levels, to_ddpm_scale
+from .levels import as_ascending_levels
+from .process import DDPM, DiffusionProcess
+from .steps import denoising_step
 
 CondDenoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(x [B,C,H,W], sigma [B]) -> x0 [B,C,H,W]`` with the source prompt (no gradient needed)."""
@@ -145,26 +148,26 @@ class NullTextResult:
 
 def guided_step(x: torch.Tensor, x0_uncond: torch.Tensor, x0_cond: torch.Tensor, guidance: float,
                 sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
-    """One classifier-free-guided deterministic DDIM step ``sigma -> sigma_next`` (``[B,C,H,W]``).
+    """One classifier-free-guided deterministic step ``sigma -> sigma_next`` (``[B,C,...]``).
 
     Guidance is combined as ComfyUI's CFG does (``uncond + (cond - uncond) * w``) and the
     step is taken exactly as :func:`.ddim.replay` takes it.
     """
     x0_guided = x0_uncond + (x0_cond - x0_uncond) * guidance
-    slope = (x - x0_guided) / sigma
-    return x + slope * (sigma_next - sigma)
+    return denoising_step(x, x0_guided, sigma, sigma_next)
 
 
-def landing_loss(x_next: torch.Tensor, target: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between two states at ``sigma_next``, on the DDPM scale, in float32."""
-    diff = to_ddpm_scale(x_next.float() - target.float(), sigma_next.float())
+def landing_loss(x_next: torch.Tensor, target: torch.Tensor, sigma_next: torch.Tensor,
+                 process: DiffusionProcess = DDPM) -> torch.Tensor:
+    """Mean squared error between two states at ``sigma_next``, on the model scale, in float32."""
+    diff = process.to_model_scale(x_next.float() - target.float(), sigma_next.float())
     return diff.pow(2).mean()
 
 
 def _optimise_step(uncond: UncondDenoiser, x: torch.Tensor, x0_cond: torch.Tensor, context: torch.Tensor,
                    target: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, step: int,
-                   config: NullTextConfig, result: NullTextResult,
-                   callback: Optional[ProgressCallback]) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
+                   config: NullTextConfig, result: NullTextResult, callback: Optional[ProgressCallback],
+                   process: DiffusionProcess) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
     """Adam on the context of one sampling step.
 
     Returns ``(context, x_next or None, last loss)``. With ``"before step"``, ``x_next`` is the
@@ -185,7 +188,7 @@ def _optimise_step(uncond: UncondDenoiser, x: torch.Tensor, x0_cond: torch.Tenso
         x0_uncond = uncond(x, sigma_batch, context)
         result.uncond_evaluations += 1
         x_next = guided_step(x, x0_uncond, x0_cond, config.guidance, sigma, sigma_next)
-        loss = landing_loss(x_next, target, sigma_next)
+        loss = landing_loss(x_next, target, sigma_next, process)
         last_loss = float(loss.detach())
         below = last_loss < threshold
         if callback is not None:
@@ -209,7 +212,7 @@ def _optimise_step(uncond: UncondDenoiser, x: torch.Tensor, x0_cond: torch.Tenso
             x0_uncond = uncond(x, sigma_batch, context)
         result.uncond_evaluations += 1
         x_next = guided_step(x, x0_uncond, x0_cond, config.guidance, sigma, sigma_next)
-        final_loss = float(landing_loss(x_next, target, sigma_next))
+        final_loss = float(landing_loss(x_next, target, sigma_next, process))
         if final_loss < best[0]:
             best = (final_loss, context.detach().clone(), x_next.detach())
     return best[1], best[2], last_loss
@@ -218,7 +221,8 @@ def _optimise_step(uncond: UncondDenoiser, x: torch.Tensor, x0_cond: torch.Tenso
 def optimise_null_text(cond: CondDenoiser, uncond: UncondDenoiser, sigmas: torch.Tensor, targets: torch.Tensor,
                        x_noise: torch.Tensor, initial_context: torch.Tensor,
                        config: NullTextConfig = NullTextConfig(),
-                       callback: Optional[ProgressCallback] = None) -> NullTextResult:
+                       callback: Optional[ProgressCallback] = None,
+                       process: DiffusionProcess = DDPM) -> NullTextResult:
     """Optimise one unconditional context per sampling step (null-text inversion).
 
     Args:
@@ -232,6 +236,7 @@ def optimise_null_text(cond: CondDenoiser, uncond: UncondDenoiser, sigmas: torch
             in the reference).
         config: optimisation settings.
         callback: progress (also the place to raise for an interrupt).
+        process: the model family's forward process (the scale the loss is measured on).
 
     Returns:
         :class:`NullTextResult` with ``step_contexts [N, B or 1, L, D]`` in float32.
@@ -255,7 +260,7 @@ def optimise_null_text(cond: CondDenoiser, uncond: UncondDenoiser, sigmas: torch
             x0_cond = cond(x, sigma * x.new_ones([x.shape[0]])).detach()
         result.cond_evaluations += 1
         context, x_next, last_loss = _optimise_step(uncond, x, x0_cond, context, target, sigma, sigma_next,
-                                                    step, config, result, callback)
+                                                    step, config, result, callback, process)
         if x_next is None:
             with torch.no_grad():
                 x0_uncond = uncond(x, sigma * x.new_ones([x.shape[0]]), context)
@@ -263,47 +268,9 @@ def optimise_null_text(cond: CondDenoiser, uncond: UncondDenoiser, sigmas: torch
             x_next = guided_step(x, x0_uncond, x0_cond, config.guidance, sigma, sigma_next)
         contexts.append(context)
         result.losses.append(last_loss)
-        result.landing_losses.append(float(landing_loss(x_next, target, sigma_next)))
+        result.landing_losses.append(float(landing_loss(x_next, target, sigma_next, process)))
         x = x_next.detach()
     result.step_contexts = torch.stack(contexts) if contexts else torch.empty(0)
     result.final_state = x
     result.seconds = time.perf_counter() - started
     return result
-
-
-def substitute_uncond_context(batch_context: torch.Tensor, cond_or_uncond: list[int],
-                              uncond_context: torch.Tensor) -> torch.Tensor:
-    """Put ``uncond_context`` into the unconditional chunks of a model call's context batch.
-
-    Args:
-        batch_context: ``[rows, L_batch, D]`` cross-attention context of one model call;
-            rows are chunks, one per entry of ``cond_or_uncond``, each of ``B`` rows.
-        cond_or_uncond: per chunk, 0 for conditional and 1 for unconditional.
-        uncond_context: ``[B or 1, L, D]``; ``L`` must divide ``L_batch`` (tokens are
-            repeated to fill it, as ComfyUI pads contexts of different lengths).
-
-    Returns:
-        ``[rows, L_batch, D]``, differentiable in ``uncond_context``; conditional rows unchanged.
-    """
-    rows, length, width = batch_context.shape
-    chunks = len(cond_or_uncond)
-    if chunks == 0 or rows % chunks != 0:
-        raise ValueError(f"{rows} context rows cannot be split into {chunks} chunks.")
-    batch = rows // chunks
-    ctx_batch, ctx_length, ctx_width = uncond_context.shape
-    if ctx_width != width or length % ctx_length != 0:
-        raise ValueError(
-            f"The unconditional context [{ctx_batch}, {ctx_length}, {ctx_width}] does not fit a batch context of "
-            f"{length} tokens x {width}: it was made with another text encoder or prompt length."
-        )
-    if ctx_batch not in (1, batch):
-        raise ValueError(
-            f"The unconditional context holds {ctx_batch} rows but the model call has {batch} rows per chunk: "
-            "invert and sample the same batch of images."
-        )
-    dtype = torch.promote_types(batch_context.dtype, uncond_context.dtype)
-    filler = uncond_context.to(batch_context.device, dtype).repeat(1, length // ctx_length, 1)
-    filler = filler.expand(batch, length, width)
-    pieces = [filler if kind == 1 else batch_context[k * batch:(k + 1) * batch].to(dtype)
-              for k, kind in enumerate(cond_or_uncond)]
-    return torch.cat(pieces)

@@ -5,15 +5,17 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .diagnostics_nodes import NODES as DIAGNOSTICS_NODES
-from .guidance_gap_nodes import NODES as GUIDANCE_GAP_NODES
 from .inversion_nodes import NODES as INVERSION_NODES
 from .p2p_nodes import NODES as P2P_NODES
+from .sampling_nodes import NODES as SAMPLING_NODES
 from .storage_nodes import NODES as STORAGE_NODES
 from .testbed_nodes import NODES as TESTBED_NODES
+from .unconditioning_nodes import NODES as UNCONDITIONING_NODES
 
 
 class InvEditExtension(ComfyExtension):
     """Lists every InvEdit node for ComfyUI."""
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [*INVERSION_NODES, *GUIDANCE_GAP_NODES, *STORAGE_NODES, *P2P_NODES, *TESTBED_NODES, *DIAGNOSTICS_NODES]
+        return [*INVERSION_NODES, *UNCONDITIONING_NODES, *SAMPLING_NODES, *STORAGE_NODES, *P2P_NODES, *TESTBED_NODES,
+                *DIAGNOSTICS_NODES]

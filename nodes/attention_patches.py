@@ -29,11 +29,13 @@ import torch
 
 import comfy.ldm.modules.attention as comfy_attention
 
-from ..attention import PromptToPrompt, context_from_extra_options
+from ..attention import AttentionContext, AttentionSite, PromptToPrompt
 from ..inversion import SourcePin
-from ..inversion.ddim import denoised_landing_on
-from .host import InvEditInputError
-from .unconditioning import InversionGuider, step_for_sigma
+from ..inversion.null_text import REFERENCE_GUIDANCE
+from ..inversion.steps import denoised_landing_on, denoising_step
+from .errors import InvEditInputError
+from .guiders import InversionGuider
+from .schedules import step_for_sigma
 
 ATTENTION_KINDS = ("attn1", "attn2")
 """Self attention (``attn1``) and cross attention (``attn2``) of a transformer block."""
@@ -84,6 +86,32 @@ def transformer_sites(model) -> list[TransformerSite]:
             "This UNet has no transformer (attention) blocks, so there is nothing for Prompt-to-Prompt to edit."
         )
     return sites
+
+
+def context_from_extra_options(extra_options: dict, *, is_cross: bool, step: int, n_steps: int) -> AttentionContext:
+    """The library's :class:`AttentionContext` from the ``extra_options`` of a UNet attention replace patch.
+
+    Reads ``block``, ``block_index``, ``n_heads``, ``cond_or_uncond`` (the row chunks),
+    ``activations_shape`` (``[b, c, h, w]`` of the layer), ``original_shape`` (the latent's) and
+    ``attn_precision``; the dict is not modified.
+    """
+    block_name, block_id = extra_options["block"][:2]
+    activations = extra_options["activations_shape"]
+    original = extra_options.get("original_shape")
+    return AttentionContext(
+        site=AttentionSite(
+            block=(str(block_name), int(block_id)),
+            depth=int(extra_options.get("block_index", 0)),
+            is_cross=is_cross,
+            heads=int(extra_options["n_heads"]),
+            query_shape=(int(activations[-2]), int(activations[-1])),
+        ),
+        step=step,
+        n_steps=n_steps,
+        chunks=tuple(int(c) for c in extra_options["cond_or_uncond"]),
+        latent_shape=(int(original[-2]), int(original[-1])) if original is not None else None,
+        attn_precision=extra_options.get("attn_precision"),
+    )
 
 
 class EditRun:
@@ -192,7 +220,7 @@ class P2PGuider(InversionGuider):
         cfg: guidance scale.
     """
 
-    def __init__(self, model, record, positive, controller: PromptToPrompt, negative=None, cfg: float = 7.5):
+    def __init__(self, model, record, positive, controller: PromptToPrompt, negative=None, cfg: float = REFERENCE_GUIDANCE):
         self.rows = 1 + len(controller.edits)
         _check_single_image(record)
         self.run = EditRun(controller, record.sampling_sigmas)
@@ -226,6 +254,6 @@ class P2PGuider(InversionGuider):
             return denoised
         step = self.run.step_of(timestep)
         sigma, sigma_next = self.run.sampling_sigmas[step], self.run.sampling_sigmas[step + 1]
-        x_next = x + (x - denoised) / sigma.to(x) * (sigma_next - sigma).to(x)
+        x_next = denoising_step(x, denoised, sigma.to(x), sigma_next.to(x))
         wanted = self.hook(step, self.run.n_steps, x_next)
         return denoised_landing_on(x, denoised, float(sigma), float(sigma_next), x_next, wanted)

@@ -14,9 +14,9 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..inversion import metrics
-from .host import InvEditInputError
+from .errors import InvEditInputError
+from .sockets import CATEGORY_DIAGNOSTICS
 
-CATEGORY_DIAGNOSTICS = "InvEdit/diagnostics"
 MASK_THRESHOLD = 0.5  # a MASK pixel is inside from this value up
 DEFAULT_HEATMAP_GAIN = 4.0
 MIN_HEATMAP_GAIN = 0.01

@@ -1,4 +1,4 @@
-"""Nodes: DDIM inversion (with EasyInv and forward warm start) and its exact reconstruction."""
+"""Nodes: DDIM / flow inversion (with EasyInv and the forward warm start), direct inversion, and reconstruction."""
 
 from __future__ import annotations
 
@@ -10,27 +10,31 @@ from comfy_api.latest import io
 
 from ..inversion import SourcePin
 from ..inversion.record import InversionRecord, tensor_sha256
-from . import host
+from .checks import check_latent
+from .fingerprint import model_fingerprint
+from .guiders import InversionGuider
+from .model_info import lowest_sigma
 from .options import inversion_config, inversion_option_inputs
-from .unconditioning import InversionGuider
+from .sampling import inversion_noise_latent, inversion_sampler, plain_guider, replay_sampler, sample_with_guider
+from .schedules import schedule
+from .sockets import CATEGORY_INVERSION, CATEGORY_SAMPLING, MAX_CFG, Inversion
 
-Inversion = io.Custom("INVERSION")
-
-CATEGORY_INVERSION = "InvEdit/inversion"
-CATEGORY_SAMPLING = "InvEdit/sampling"
 CLEAN_LEVEL_ZERO = "zero"
+
 CLEAN_LEVEL_LOWEST = "lowest timestep"
+
 MAX_STEPS = 1000
+
 DEFAULT_STEPS = 50
-MAX_CFG = 100.0
+
 
 
 def _schedule_with_clean_level(model, scheduler: str, steps: int, clean_level: str) -> torch.Tensor:
     """Descending sigmas ending at 0, or at the model's lowest level for the diffusers convention."""
-    sigmas = host.schedule(model, scheduler, steps)
+    sigmas = schedule(model, scheduler, steps)
     if clean_level == CLEAN_LEVEL_LOWEST and float(sigmas[-1]) == 0.0:
         sigmas = sigmas.clone()
-        sigmas[-1] = host.lowest_sigma(model)
+        sigmas[-1] = lowest_sigma(model)
     return sigmas
 
 
@@ -81,12 +85,12 @@ class DDIMInversion(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent, steps, inversion_cfg, scheduler, clean_level,
                 **options) -> io.NodeOutput:
-        samples = host.check_latent(model, latent)
+        samples = check_latent(model, latent)
         config = inversion_config(model, **options)
         sigmas = _schedule_with_clean_level(model, scheduler, steps, clean_level)
         sink: list = []
-        noise = host.run_sampler(model, positive, negative, inversion_cfg, samples, host.sample_inversion,
-                                 sigmas, extra_options={"config": config, "trajectory_sink": sink})
+        guider = plain_guider(model, positive, negative, inversion_cfg)
+        noise = sample_with_guider(guider, samples, inversion_sampler(config, sink), sigmas)
         trajectory = sink[0]
         record = InversionRecord(
             trajectory=trajectory,
@@ -95,74 +99,17 @@ class DDIMInversion(io.ComfyNode):
                 "steps": steps, "scheduler": scheduler, "inversion_cfg": inversion_cfg,
                 "clean_level": clean_level, "timestep_rule": config.timestep_rule,
                 "v_conversion": config.v_conversion,
-                "prediction_type": config.prediction_type, "model_calls": trajectory.model_calls,
+                "prediction_type": config.prediction_type, "process": config.process,
+                "model_calls": trajectory.model_calls,
                 "easyinv": None if config.easyinv is None else asdict(config.easyinv),
                 "warm_start": None if config.warm_start is None else asdict(config.warm_start),
                 "source_latent_sha256": tensor_sha256(samples),
-                "model_fingerprint": host.model_fingerprint(model),
+                "model_fingerprint": model_fingerprint(model),
             },
             positive=positive,
             negative=negative,
         )
         return io.NodeOutput({"samples": noise}, record, record.sampling_sigmas.clone())
-
-
-class InversionSampler(io.ComfyNode):
-    """DDIM inversion as a SAMPLER for SamplerCustomAdvanced."""
-
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="InvEditInversionSampler",
-            display_name="InvEdit Inversion Sampler",
-            category=CATEGORY_SAMPLING,
-            description=(
-                "A SAMPLER that inverts instead of denoising. Use it in SamplerCustomAdvanced with "
-                "Disable Noise, a CFGGuider (cfg 1) and the SIGMAS you will sample with (e.g. BasicScheduler "
-                "ddim_uniform); the output is the noise that those SIGMAS with sampler ddim turn back into "
-                "the image."
-            ),
-            inputs=inversion_option_inputs(),
-            outputs=[io.Sampler.Output()],
-        )
-
-    @classmethod
-    def execute(cls, **options) -> io.NodeOutput:
-        # The model is only known when sampling starts: its prediction type and lowest
-        # sigma are read there.
-        return io.NodeOutput(comfy.samplers.KSAMPLER(
-            _sample_inversion_for_model, extra_options={"options": dict(options)}))
-
-
-def _sample_inversion_for_model(model, x, sigmas, extra_args=None, callback=None, disable=None, options=None):
-    """KSAMPLER function that builds the inversion settings from the model being sampled."""
-    patcher = model.inner_model.model_patcher
-    host.check_latent_shape(patcher, x.shape)
-    config = inversion_config(patcher, **(options or {}))
-    return host.sample_inversion(model, x, sigmas, extra_args, callback, disable, config=config)
-
-
-class ReplaySampler(io.ComfyNode):
-    """Deterministic DDIM replay as a SAMPLER (the exact inverse of the inversion)."""
-
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="InvEditReplaySampler",
-            display_name="InvEdit Replay Sampler",
-            category=CATEGORY_SAMPLING,
-            description=(
-                "Deterministic DDIM (eta 0) that walks the given SIGMAS down to their last level, also when "
-                "that level is not 0. With the SIGMAS output of InvEdit DDIM Inversion it is the exact "
-                "inverse of the inversion. Use with Disable Noise."
-            ),
-            inputs=[],
-            outputs=[io.Sampler.Output()],
-        )
-
-    @classmethod
-    def execute(cls) -> io.NodeOutput:
-        return io.NodeOutput(comfy.samplers.KSAMPLER(host.sample_replay))
 
 
 class Reconstruct(io.ComfyNode):
@@ -196,14 +143,39 @@ class Reconstruct(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, inversion: InversionRecord, cfg, negative=None) -> io.NodeOutput:
-        noise_raw = host.inversion_noise_latent(model, inversion)
+        noise_raw = inversion_noise_latent(model, inversion)
         guider = InversionGuider(model, inversion, positive, negative, cfg)
         pin = None
         if inversion.pin_source:
             pin = SourcePin(inversion.step_targets(), tuple(range(noise_raw.shape[0])))
-        samples = host.sample_with_guider(guider, noise_raw, host.sample_replay, inversion.sampling_sigmas,
-                                          extra_options={"pin": pin})
+        samples = sample_with_guider(guider, noise_raw, replay_sampler(pin), inversion.sampling_sigmas)
         return io.NodeOutput({"samples": samples})
 
 
-NODES = [DDIMInversion, InversionSampler, ReplaySampler, Reconstruct]
+class DirectInversion(io.ComfyNode):
+    """Pin the source to the inverted trajectory while sampling (PnP / direct inversion)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="InvEditDirectInversion",
+            display_name="InvEdit Direct Inversion",
+            category=CATEGORY_INVERSION,
+            description=(
+                "Direct inversion (Ju et al., PnP Inversion 2023): while sampling, the source image's rows are put "
+                "back on the recorded inversion after every step, so the source is reproduced exactly at any cfg; "
+                "edited rows run freely and, in InvEdit's editing nodes, take the source's attention. Instant. "
+                "Combines with null-text or negative-prompt inversion."
+            ),
+            inputs=[Inversion.Input("inversion", tooltip="From InvEdit DDIM Inversion (or a null-text / "
+                                                         "negative-prompt inversion).")],
+            outputs=[Inversion.Output(display_name="inversion")],
+        )
+
+    @classmethod
+    def execute(cls, inversion: InversionRecord) -> io.NodeOutput:
+        return io.NodeOutput(inversion.with_changes(pin_source=True,
+                                                    settings={**inversion.settings, "direct_inversion": True}))
+
+
+NODES = [DDIMInversion, Reconstruct, DirectInversion]

@@ -8,6 +8,7 @@ from comfy_api.latest import io
 
 from ..inversion import (
     EASYINV_PRESETS,
+    PREDICTION_V,
     RULE_REFERENCE,
     RULE_SIMPLE,
     V_CONVERSION_QUERY,
@@ -17,7 +18,8 @@ from ..inversion import (
     WarmStartConfig,
 )
 from ..inversion.easyinv import VARIANTS as EASYINV_VARIANTS
-from .host import InvEditInputError, lowest_sigma, prediction_type
+from .errors import InvEditInputError
+from .model_info import diffusion_process, lowest_sigma, prediction_name
 
 EASYINV_OFF = "off"
 EASYINV_CUSTOM = "custom"
@@ -110,12 +112,16 @@ def inversion_config(model, timestep_rule: str, easyinv: str, easyinv_eta: float
     if timestep_rule not in RULE_CHOICES:
         raise InvEditInputError(f"Unknown timestep_rule {timestep_rule!r}; pick one of {list(RULE_CHOICES)}.")
     rule, v_conversion = RULE_CHOICES[timestep_rule]
+    process = diffusion_process(model)
+    prediction = prediction_name(model)
     try:
         return InversionConfig(
             timestep_rule=rule,
-            v_conversion=v_conversion,
-            prediction_type=prediction_type(model),
+            # diffusers' v conversion exists for v-prediction UNets only; elsewhere it is the reference rule.
+            v_conversion=v_conversion if prediction == PREDICTION_V else V_CONVERSION_QUERY,
+            prediction_type=prediction,
             sigma_floor=lowest_sigma(model),
+            process=process.name,
             easyinv=easyinv_config(easyinv, easyinv_eta, easyinv_start, easyinv_length, easyinv_variant),
             warm_start=warm_start_config(warm_start_steps, warm_start_fraction, warm_start_seed),
         )

@@ -19,19 +19,14 @@ from ..attention import (
     SELF_MAX_QUERY_POSITIONS_NULL_TEXT,
     CrossMapStore,
 )
-from . import host
+from ..inversion.null_text import REFERENCE_GUIDANCE
 from .attention_patches import P2PGuider
-from .host import InvEditInputError
-from .inversion_nodes import MAX_CFG, Inversion
+from .errors import InvEditInputError
 from .p2p_prompts import MODE_SWAP, MODES, build_edit_plan
-from .testbed_nodes import TestbedText
+from .sampling import inversion_noise_latent, replay_sampler, sample_with_guider
+from .sockets import CATEGORY_EDITING, MAX_CFG, AttentionMapsType, Inversion, P2PEdit, TestbedText
 from .word_maps import AttentionMaps, word_map_grid
 
-CATEGORY_P2P = "InvEdit/editing"
-P2PEdit = io.Custom("INVEDIT_P2P_EDIT")
-AttentionMapsType = io.Custom("INVEDIT_ATTENTION_MAPS")
-
-DEFAULT_CFG = 7.5
 MEBIBYTE = 2**20
 DEFAULT_MAP_BUDGET_MIB = DEFAULT_MAP_STORE_BYTES // MEBIBYTE
 MAX_MAP_BUDGET_MIB = 16384
@@ -49,7 +44,7 @@ class P2PEditSettings(io.ComfyNode):
         return io.Schema(
             node_id="InvEditP2PEdit",
             display_name="InvEdit P2P Edit (prompts)",
-            category=CATEGORY_P2P,
+            category=CATEGORY_EDITING,
             description=(
                 "Prompt-to-Prompt edit settings (Hertz et al. 2023). Encodes the source prompt (what the inverted "
                 "image shows) and one or more edited prompts with the model's own text encoder, and finds every word's "
@@ -116,7 +111,7 @@ def _edit_inputs() -> list:
         Inversion.Input("inversion", tooltip="One inverted image (DDIM, null-text, negative-prompt or direct "
                                              "inversion)."),
         P2PEdit.Input("edit", tooltip="From InvEdit P2P Edit (prompts)."),
-        io.Float.Input("cfg", default=DEFAULT_CFG, min=0.0, max=MAX_CFG, step=0.1, round=0.01,
+        io.Float.Input("cfg", default=REFERENCE_GUIDANCE, min=0.0, max=MAX_CFG, step=0.1, round=0.01,
                        tooltip="Guidance; with null-text, the guidance its embeddings were optimised for."),
     ]
 
@@ -135,7 +130,7 @@ class P2PSample(io.ComfyNode):
         return io.Schema(
             node_id="InvEditP2PSample",
             display_name="InvEdit P2P Sample",
-            category=CATEGORY_P2P,
+            category=CATEGORY_EDITING,
             description=(
                 "Prompt-to-Prompt edit of an inverted image: replays the inversion's schedule with deterministic DDIM "
                 "for the source row and one row per edited prompt in one batch; edited rows take the source's "
@@ -159,10 +154,10 @@ class P2PSample(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, inversion, edit, cfg, map_budget_mib, negative=None) -> io.NodeOutput:
-        noise_raw = host.inversion_noise_latent(model, inversion)
+        noise_raw = inversion_noise_latent(model, inversion)
         store = CrossMapStore(max_bytes=map_budget_mib * MEBIBYTE) if map_budget_mib > 0 else None
         guider = P2PGuider(model, inversion, edit.conditioning, edit.controller(store), negative, cfg)
-        samples = host.sample_with_guider(guider, noise_raw, host.sample_replay, inversion.sampling_sigmas)
+        samples = sample_with_guider(guider, noise_raw, replay_sampler(), inversion.sampling_sigmas)
         maps = AttentionMaps.from_store(store if store is not None else CrossMapStore(0), edit.prompts,
                                         noise_raw.shape[-2:])
         return io.NodeOutput({"samples": samples[:1]}, {"samples": samples[1:]}, maps)
@@ -176,7 +171,7 @@ class P2PGuiderNode(io.ComfyNode):
         return io.Schema(
             node_id="InvEditP2PGuider",
             display_name="InvEdit P2P Guider",
-            category=CATEGORY_P2P,
+            category=CATEGORY_EDITING,
             description=(
                 "Prompt-to-Prompt edit as a GUIDER for SamplerCustomAdvanced: connect Disable Noise, the inversion's "
                 "SIGMAS, its noise LATENT and a deterministic sampler (ddim, euler, InvEdit Replay Sampler). The "
@@ -200,7 +195,7 @@ class P2PAttentionMaps(io.ComfyNode):
         return io.Schema(
             node_id="InvEditP2PAttentionMaps",
             display_name="InvEdit P2P Attention Maps",
-            category=CATEGORY_P2P,
+            category=CATEGORY_EDITING,
             description=(
                 "Renders where each word attends during a Prompt-to-Prompt edit: the cross-attention maps stored by "
                 "InvEdit P2P Sample, averaged over heads, steps and the layers of one size, one cell per word "

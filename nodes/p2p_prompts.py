@@ -32,7 +32,7 @@ from ..attention import (
     TokenizedPrompt,
     WordSwap,
 )
-from .host import InvEditInputError
+from .errors import InvEditInputError
 
 MODE_SWAP = "word swap"
 MODE_REFINE = "refine"

@@ -13,8 +13,10 @@ from comfy_api.latest import io, ui
 
 from ..inversion import storage
 from ..inversion.record import InversionRecord, tensor_sha256
-from . import host
-from .inversion_nodes import CATEGORY_INVERSION, Inversion
+from .checks import check_inversion_fits
+from .errors import InvEditInputError
+from .fingerprint import model_fingerprint
+from .sockets import CATEGORY_INVERSION, Inversion
 
 DEFAULT_FILE_NAME = "invedit/inversion"
 LISTED_FILES = 10
@@ -25,7 +27,7 @@ FILE_NAME_TOOLTIP = (
     f"not. '{storage.FILE_SUFFIX}' is added: invedit/cat is saved as output/invedit/cat{storage.FILE_SUFFIX}."
 )
 
-# What each part of host.model_fingerprint stands for, as told to the user when it differs.
+# What each part of model_fingerprint stands for, as told to the user when it differs.
 FINGERPRINT_PARTS = {
     "architecture": "the architecture differs (another model family, UNet configuration, prediction type "
                     "or noise schedule)",
@@ -40,7 +42,7 @@ def _output_path(file_name: str) -> str:
     try:
         return storage.inversion_file_path(folder_paths.get_output_directory(), file_name)
     except storage.InversionPathError as error:
-        raise host.InvEditInputError(str(error)) from error
+        raise InvEditInputError(str(error)) from error
 
 
 def _shown_name(path: str) -> str:
@@ -77,19 +79,19 @@ class SaveInversion(io.ComfyNode):
     @classmethod
     def execute(cls, inversion: InversionRecord, file_name: str, overwrite: bool) -> io.NodeOutput:
         if not isinstance(inversion, InversionRecord):
-            raise host.InvEditInputError("The inversion input is not an InvEdit INVERSION: connect an inversion node.")
+            raise InvEditInputError("The inversion input is not an InvEdit INVERSION: connect an inversion node.")
         path = _output_path(file_name)
         try:
             tensors, metadata = storage.record_to_file_parts(inversion)
         except storage.InversionNotSaveableError as error:
-            raise host.InvEditInputError(str(error)) from error
+            raise InvEditInputError(str(error)) from error
         name = _shown_name(path)
         exists = os.path.exists(path)
         same_inversion = exists and storage.read_file_metadata(path) == metadata  # perhaps damaged since
         if same_inversion and storage.file_holds_parts(path, metadata):
             message = f"Already saved, unchanged: {name} ({name}{storage.FILE_SUFFIX} in the output folder)."
         elif exists and not same_inversion and not overwrite:
-            raise host.InvEditInputError(
+            raise InvEditInputError(
                 f"Another inversion is already saved as {name!r}: choose another file_name, or turn on "
                 "overwrite to replace it."
             )
@@ -103,7 +105,7 @@ class SaveInversion(io.ComfyNode):
 
 
 def _model_difference(saved: dict, current: dict) -> Optional[str]:
-    """What differs between two ``host.model_fingerprint`` values, in words (None: the same model)."""
+    """What differs between two ``model_fingerprint`` values, in words (None: the same model)."""
     differing = [part for part in sorted(set(saved) | set(current)) if saved.get(part) != current.get(part)]
     if not differing:
         return None
@@ -112,14 +114,14 @@ def _model_difference(saved: dict, current: dict) -> Optional[str]:
 
 def _check_model(model, record: InversionRecord, name: str) -> None:
     """Refuse an inversion made with another model, saying what differs."""
-    host.check_inversion_fits(model, record.trajectory.noise)
+    check_inversion_fits(model, record.trajectory.noise)
     saved = record.settings.get("model_fingerprint")
     if not isinstance(saved, dict):
         logging.warning("InvEdit Load Inversion: %s records no model fingerprint; the model is not checked.", name)
         return
-    difference = _model_difference(saved, host.model_fingerprint(model))
+    difference = _model_difference(saved, model_fingerprint(model))
     if difference is not None:
-        raise host.InvEditInputError(
+        raise InvEditInputError(
             f"The inversion {name!r} was made with another model: {difference}. Connect the model the image was "
             "inverted with (same checkpoint, LoRAs and strengths), or invert the image again with this model."
         )
@@ -129,7 +131,7 @@ def _check_source_latent(latent: dict, record: InversionRecord, name: str) -> No
     """Refuse a LATENT that is not the one the inversion was made from, saying how it differs."""
     samples = latent.get("samples") if isinstance(latent, dict) else None
     if not isinstance(samples, torch.Tensor):
-        raise host.InvEditInputError("The latent input holds no 'samples' tensor: connect a VAE Encode output.")
+        raise InvEditInputError("The latent input holds no 'samples' tensor: connect a VAE Encode output.")
     saved = record.settings.get("source_latent_sha256")
     if saved is None:
         logging.warning("InvEdit Load Inversion: %s records no source-latent hash; the latent is not checked.", name)
@@ -143,7 +145,7 @@ def _check_source_latent(latent: dict, record: InversionRecord, name: str) -> No
     else:
         how = ("same size, other values: another image, or the same image resized, cropped, or encoded with another "
                "VAE or precision")
-    raise host.InvEditInputError(
+    raise InvEditInputError(
         f"The latent is not the one {name!r} was inverted from: {how}. Connect the source image's latent, or leave "
         "the latent input unconnected to skip this check."
     )
@@ -201,9 +203,9 @@ class LoadInversion(io.ComfyNode):
             saved = storage.saved_inversion_names(folder_paths.get_output_directory(), LISTED_FILES)
             listing = (f"Saved inversions: {', '.join(saved)}." if saved
                        else "The output folder holds no saved inversions: save one with InvEdit Save Inversion first.")
-            raise host.InvEditInputError(f"No inversion is saved as {name!r} (looked for {path}). {listing}") from None
+            raise InvEditInputError(f"No inversion is saved as {name!r} (looked for {path}). {listing}") from None
         except storage.InversionFileError as error:
-            raise host.InvEditInputError(str(error)) from error
+            raise InvEditInputError(str(error)) from error
         _check_model(model, record, name)
         if latent is not None:
             _check_source_latent(latent, record, name)

@@ -19,10 +19,10 @@ from comfy_api.latest import io
 from ..testbed import data as testbed_data
 from ..testbed.vocabulary import UnknownWordError
 from ..testbed.weights import DEFAULT_MODEL_PATH, FLOW_MODEL_PATH, IntegrityError, load_testbed
-from .host import InvEditInputError
+from .errors import InvEditInputError
+from .sockets import CATEGORY_TESTBED as CATEGORY
+from .sockets import TestbedText
 
-CATEGORY = "InvEdit/test-bed"
-TestbedText = io.Custom("INVEDIT_TESTBED_TEXT")
 MAX_HELDOUT = 359  # size of the held-out split (20 % of the 1797 digits)
 MAX_VIEW_SCALE = 64
 

@@ -203,12 +203,14 @@ def test_a_model_that_returns_nan_gives_a_clear_error(pack_nodes, tiny_model, ti
         run_inversion(pack_nodes, broken, tiny_conditioning("sd15", 1), tiny_latent("sd15", 3))
 
 
-def test_flow_models_are_refused(pack_nodes, tiny_model, tiny_conditioning, tiny_latent):
+def test_continuous_edm_models_are_refused(pack_nodes, tiny_model, tiny_conditioning, tiny_latent):
+    """A continuous (EDM-style) schedule is neither the DDPM family nor rectified flow: a clear refusal."""
     import nodes
 
-    flow_model = nodes.NODE_CLASS_MAPPINGS["ModelSamplingSD3"]().patch(tiny_model("sd15"), 3.0)[0]
-    with pytest.raises(ValueError, match="discrete DDPM schedule"):
-        run_inversion(pack_nodes, flow_model, tiny_conditioning("sd15", 1), tiny_latent("sd15", 3))
+    edm_model = nodes.NODE_CLASS_MAPPINGS["ModelSamplingContinuousEDM"]().patch(tiny_model("sd15"), "edm", 80.0,
+                                                                               0.002)[0]
+    with pytest.raises(ValueError, match="continuous EDM-style schedule"):
+        run_inversion(pack_nodes, edm_model, tiny_conditioning("sd15", 1), tiny_latent("sd15", 3))
 
 
 def test_warm_start_longer_than_the_inversion_is_refused(pack_nodes, tiny_model, tiny_conditioning, tiny_latent):

@@ -20,7 +20,8 @@ import comfy.model_management
 import nodes
 import p2p_models
 from invedit.nodes import attention_patches, p2p_nodes
-from invedit.nodes.host import InvEditInputError
+from invedit.nodes.errors import InvEditInputError
+from invedit.nodes.sampling import inversion_noise_latent, replay_sampler, sample_with_guider
 from invedit.nodes.options import option_defaults
 
 STEPS = 8
@@ -203,15 +204,13 @@ def test_direct_inversion_pins_the_source_row_only(pack_nodes, tiny_model, tiny_
 
 
 def test_local_blend_keeps_the_edited_row_equal_to_the_source_outside_its_mask(pack_nodes, tiny_model, tiny_latent):
-    from invedit.nodes import host
-
     encoder, model = p2p_models.tiny_clip(), tiny_model("sd15")
     record, _, negative = invert(pack_nodes, model, encoder, latent_for("sd15", tiny_latent))
     edit = edit_plan(encoder, blend_words="cat; dog", blend_layer_downsample=2, blend_threshold=0.5)
     controller = edit.controller()
     with torch.inference_mode():
         guider = attention_patches.P2PGuider(model, record, edit.conditioning, controller, negative, CFG)
-        samples = host.sample_with_guider(guider, host.inversion_noise_latent(model, record), host.sample_replay,
+        samples = sample_with_guider(guider, inversion_noise_latent(model, record), replay_sampler(),
                                           record.sampling_sigmas, preview=False)
     mask = controller.local_blend.mask(tuple(samples.shape[-2:]))[1, 0].bool()
     assert 0 < int(mask.sum()) < mask.numel()
@@ -241,9 +240,7 @@ def test_stored_maps_respect_their_budget_and_render_a_grid(pack_nodes, tiny_mod
     store = CrossMapStore(max_bytes=store_rows)
     with torch.inference_mode():
         guider = attention_patches.P2PGuider(model, record, edit.conditioning, edit.controller(store), negative, CFG)
-        from invedit.nodes import host
-
-        host.sample_with_guider(guider, host.inversion_noise_latent(model, record), host.sample_replay,
+        sample_with_guider(guider, inversion_noise_latent(model, record), replay_sampler(),
                                 record.sampling_sigmas, preview=False)
     assert store.used_bytes <= store_rows and store.refused
 

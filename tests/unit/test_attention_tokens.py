@@ -6,8 +6,6 @@ import pytest
 import torch
 
 from invedit.attention import (
-    AttentionContext,
-    AttentionSite,
     CrossSchedule,
     PromptEditError,
     Refine,
@@ -16,7 +14,6 @@ from invedit.attention import (
     TokenizedPrompt,
     WordSwap,
     align_tokens,
-    context_from_extra_options,
     swapped_word_indices,
     word_token_positions,
 )
@@ -234,28 +231,3 @@ def test_per_word_cross_windows():
     assert torch.equal(alphas[:, 9], alphas[:, 0])  # padding follows the default
     with pytest.raises(PromptEditError):
         CrossSchedule.from_words(target, words={"blue": 0.5})
-
-
-# --- context -------------------------------------------------------------------------------------
-
-
-def test_context_from_comfyui_extra_options():
-    extra = {
-        "block": ("output", 4),
-        "block_index": 1,
-        "n_heads": 8,
-        "cond_or_uncond": [1, 0],
-        "activations_shape": [4, 640, 16, 24],
-        "original_shape": [2, 4, 64, 96],
-        "attn_precision": torch.float32,
-    }
-    context = context_from_extra_options(extra, is_cross=True, step=3, n_steps=50)
-    assert context == AttentionContext(
-        AttentionSite(("output", 4), 1, True, 8, (16, 24)), 3, 50, (1, 0), (64, 96), torch.float32
-    )
-    assert context.site.query_positions == 384
-    assert context.rows_per_chunk(6) == 3 and context.cond_chunk_starts(6) == [3]
-    with pytest.raises(ValueError, match="do not split into 2 chunks"):
-        context.rows_per_chunk(5)
-    with pytest.raises(ValueError, match="step index"):
-        AttentionContext(context.site, 50, 50, (0,))

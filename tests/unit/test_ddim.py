@@ -9,7 +9,7 @@ import torch
 from analytic import ConstantEpsDenoiser, GaussianDenoiser, ddim_levels, sd_sigmas
 
 from invedit.inversion import InversionConfig, invert, replay
-from invedit.inversion.ddim import predict_eps, query_sigma
+from invedit.inversion.ddim import predict_slope, query_sigma
 from invedit.inversion.levels import as_ascending_levels, to_ddpm_scale
 
 SIGMA_FLOOR = float(sd_sigmas()[0])
@@ -106,7 +106,7 @@ def test_reference_rule_presents_the_current_ddpm_latent_to_the_model():
 
     x = torch.randn(2, 4, 4, 4, dtype=torch.float64)
     sigma_from, sigma_to = torch.tensor(0.8, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64)
-    predict_eps(recorder, x, sigma_from, sigma_to, "eps")
+    predict_slope(recorder, x, sigma_from, sigma_to, InversionConfig())
     assert torch.allclose(inputs[0], to_ddpm_scale(x, sigma_from), atol=1e-14)
 
 
@@ -124,7 +124,7 @@ def test_v_prediction_converts_at_the_state_level_like_diffusers():
         return x / (s ** 2 + 1) - v * s / (s ** 2 + 1).sqrt()
 
     x_from = z * (1 + sigma_from ** 2).sqrt()
-    eps, x0 = predict_eps(v_model, x_from, sigma_from, sigma_to, "v", "state")
+    eps, x0 = predict_slope(v_model, x_from, sigma_from, sigma_to, InversionConfig(prediction_type="v", v_conversion="state"))
     expected_eps = a_from.sqrt() * v + (1 - a_from).sqrt() * z
     expected_x0_ddpm = a_from.sqrt() * z - (1 - a_from).sqrt() * v
     assert torch.allclose(eps, expected_eps, atol=1e-12)
@@ -145,10 +145,10 @@ def test_v_prediction_query_conversion_reads_the_model_like_a_sampler():
 
     x_from = torch.randn(1, 4, 4, 4, dtype=torch.float64)
     sigma_from, sigma_to = torch.tensor(0.6, dtype=torch.float64), torch.tensor(1.7, dtype=torch.float64)
-    eps, _ = predict_eps(v_model, x_from, sigma_from, sigma_to, "v")
+    eps, _ = predict_slope(v_model, x_from, sigma_from, sigma_to, InversionConfig(prediction_type="v"))
     x_query = x_from * (1 + sigma_to ** 2).sqrt() / (1 + sigma_from ** 2).sqrt()
     assert torch.allclose(eps, (x_query - v_model(x_query, sigma_to.reshape(1))) / sigma_to, atol=1e-12)
-    diffusers_eps, _ = predict_eps(v_model, x_from, sigma_from, sigma_to, "v", "state")
+    diffusers_eps, _ = predict_slope(v_model, x_from, sigma_from, sigma_to, InversionConfig(prediction_type="v", v_conversion="state"))
     assert (eps - diffusers_eps).abs().max() > 1e-2  # the two conventions really differ
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from invedit.inversion.ddim import denoised_landing_on
+from invedit.inversion.steps import denoised_landing_on
 
 
 def euler_step(x, x0, sigma_from, sigma_to):

@@ -1,7 +1,8 @@
-"""Nodes that close the guidance gap of a DDIM inversion: null-text, negative-prompt and direct inversion.
+"""Nodes that give an INVERSION its own unconditional branch: null-text and negative-prompt inversion.
 
 Each takes the INVERSION of InvEdit DDIM Inversion (made at cfg 1) and returns an INVERSION that
-InvEdit Reconstruct, InvEdit Inversion Guider and the editing nodes sample at any cfg.
+InvEdit Reconstruct, InvEdit Inversion Guider and the editing nodes sample at a higher cfg while
+staying on the inverted trajectory (the guidance gap closed).
 """
 
 from __future__ import annotations
@@ -25,16 +26,20 @@ from ..inversion.null_text import (
     NullTextConfig,
 )
 from ..inversion.record import METHOD_NEGATIVE_PROMPT, METHOD_NULL_TEXT, InversionRecord, Unconditioning
-from .host import InvEditInputError
-from .inversion_nodes import MAX_CFG, Inversion
+from .conditioning import single_entry
+from .errors import InvEditInputError
+from .null_text_runner import run_null_text
 from .previews import image_from_pil, loss_plot, progress_preview
-from .unconditioning import InversionGuider, run_null_text, single_entry
+from .sockets import CATEGORY_INVERSION, MAX_CFG, Inversion
 
-CATEGORY_GUIDANCE_GAP = "InvEdit/inversion"
 START_EMPTY = "empty prompt"
+
 START_SOURCE = "source prompt"
+
 MAX_INNER_STEPS = 100
+
 DEFAULT_STOP_CHECK = STOP_BEFORE_STEP
+
 
 
 class _NullTextProgress:
@@ -75,7 +80,7 @@ class NullTextInversion(io.ComfyNode):
         return io.Schema(
             node_id="InvEditNullTextInversion",
             display_name="InvEdit Null-text Inversion",
-            category=CATEGORY_GUIDANCE_GAP,
+            category=CATEGORY_INVERSION,
             description=(
                 "Null-text inversion (Mokady et al. 2023): for every step, optimises the unconditional (empty "
                 "prompt) embedding so that sampling at the chosen cfg retraces the inversion. Feed it the INVERSION "
@@ -153,7 +158,7 @@ class NegativePromptInversion(io.ComfyNode):
         return io.Schema(
             node_id="InvEditNegativePromptInversion",
             display_name="InvEdit Negative-Prompt Inversion",
-            category=CATEGORY_GUIDANCE_GAP,
+            category=CATEGORY_INVERSION,
             description=(
                 "Negative-prompt inversion (Miyake et al. 2023): sampling uses the source prompt as the "
                 "unconditional prompt, so cfg no longer pulls the reconstruction off the inversion. Instant (no "
@@ -193,63 +198,4 @@ class NegativePromptInversion(io.ComfyNode):
         return io.NodeOutput(record)
 
 
-class DirectInversion(io.ComfyNode):
-    """Pin the source to the inverted trajectory while sampling (PnP / direct inversion)."""
-
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="InvEditDirectInversion",
-            display_name="InvEdit Direct Inversion",
-            category=CATEGORY_GUIDANCE_GAP,
-            description=(
-                "Direct inversion (Ju et al., PnP Inversion 2023): while sampling, the source image's rows are put "
-                "back on the recorded inversion after every step, so the source is reproduced exactly at any cfg; "
-                "edited rows run freely and, in InvEdit's editing nodes, take the source's attention. Instant. "
-                "Combines with null-text or negative-prompt inversion."
-            ),
-            inputs=[Inversion.Input("inversion", tooltip="From InvEdit DDIM Inversion (or a null-text / "
-                                                         "negative-prompt inversion).")],
-            outputs=[Inversion.Output(display_name="inversion")],
-        )
-
-    @classmethod
-    def execute(cls, inversion: InversionRecord) -> io.NodeOutput:
-        return io.NodeOutput(inversion.with_changes(pin_source=True,
-                                                    settings={**inversion.settings, "direct_inversion": True}))
-
-
-class InversionGuiderNode(io.ComfyNode):
-    """A GUIDER that samples an INVERSION with its own unconditioning (for SamplerCustomAdvanced)."""
-
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="InvEditInversionGuider",
-            display_name="InvEdit Inversion Guider",
-            category="InvEdit/sampling",
-            description=(
-                "CFG guider for SamplerCustomAdvanced that uses the inversion's null-text embeddings (step by step, "
-                "matched by sigma) or negative-prompt unconditioning. Use the inversion's SIGMAS, Disable Noise, the "
-                "inversion's noise as the latent, and a deterministic sampler (ddim, euler). The prompt may be the "
-                "source (reconstruction) or an edited one (edit); both share the embeddings."
-            ),
-            inputs=[
-                io.Model.Input("model"),
-                io.Conditioning.Input("positive", tooltip="Source prompt to reconstruct, or an edited prompt."),
-                Inversion.Input("inversion"),
-                io.Float.Input("cfg", default=REFERENCE_GUIDANCE, min=0.0, max=MAX_CFG, step=0.1, round=0.01,
-                               tooltip="Guidance; use the one null-text was optimised for."),
-                io.Conditioning.Input("negative", optional=True,
-                                      tooltip="Only used when the inversion has no null-text / negative-prompt "
-                                              "unconditioning."),
-            ],
-            outputs=[io.Guider.Output()],
-        )
-
-    @classmethod
-    def execute(cls, model, positive, inversion: InversionRecord, cfg, negative=None) -> io.NodeOutput:
-        return io.NodeOutput(InversionGuider(model, inversion, positive, negative, cfg))
-
-
-NODES = [NullTextInversion, NegativePromptInversion, DirectInversion, InversionGuiderNode]
+NODES = [NullTextInversion, NegativePromptInversion]

@@ -1,0 +1,91 @@
+"""What a MODEL is, read through ComfyUI's public objects: its family, prediction, levels and latent.
+
+The pack's loops never branch on the model family; they take the family's rule
+(:mod:`..inversion.process`), which :func:`diffusion_process` picks from the model's own
+``model_sampling`` object, exactly as ComfyUI's samplers do.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import comfy.ldm.modules.diffusionmodules.openaimodel as comfy_unet
+import comfy.model_sampling
+
+from ..inversion import PREDICTION_EPS, PREDICTION_V, PREDICTION_VELOCITY
+from ..inversion.process import DDPM, RECTIFIED_FLOW, DiffusionProcess
+from .errors import InvEditInputError
+
+LATENT_PIXEL_RATIO = 8
+"""Image pixels per latent pixel of the SD1.x / SD2.x / SDXL VAEs (for messages)."""
+
+def model_sampling(model):
+    """The ``model_sampling`` object of a MODEL (ModelPatcher), patches included."""
+    return model.get_model_object("model_sampling")
+
+
+def is_flow_model(model) -> bool:
+    """Whether a MODEL samples as rectified flow (ComfyUI's CONST model sampling)."""
+    return isinstance(model_sampling(model), comfy.model_sampling.CONST)
+
+
+def diffusion_process(model) -> DiffusionProcess:
+    """The forward-process rule of a MODEL; a clear error for a family the pack cannot invert."""
+    if is_flow_model(model):
+        return RECTIFIED_FLOW
+    prediction_type(model)  # raises for EDM and the other continuous families
+    return DDPM
+
+
+def prediction_type(model) -> str:
+    """``"eps"`` or ``"v"`` for a discrete-schedule (DDPM-family) model; a clear error for anything else."""
+    sampling = model_sampling(model)
+    if not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete):
+        raise InvEditInputError(
+            f"InvEdit inverts models with a discrete DDPM schedule (SD1.x, SD2.x, SDXL) or rectified-flow "
+            f"models (SD3, Flux, Chroma, Qwen-Image, HiDream, Lumina 2); this model samples with "
+            f"{type(sampling).__name__}, a continuous EDM-style schedule it cannot invert. If you patched the "
+            "model with a ModelSampling node, keep eps, v_prediction or a flow setting."
+        )
+    if isinstance(sampling, comfy.model_sampling.V_PREDICTION):
+        return PREDICTION_V
+    if isinstance(sampling, comfy.model_sampling.EPS) and not isinstance(
+        sampling, (comfy.model_sampling.EDM, comfy.model_sampling.CONST)
+    ):
+        return PREDICTION_EPS
+    raise InvEditInputError(
+        f"Unsupported prediction type {type(sampling).__name__}: InvEdit inverts eps- and "
+        "v-prediction UNets and rectified-flow models. Remove ModelSampling patches that switch to EDM."
+    )
+
+
+def prediction_name(model) -> str:
+    """What the model predicts, for records and fingerprints: ``"eps"``, ``"v"`` or ``"velocity"``."""
+    return PREDICTION_VELOCITY if is_flow_model(model) else prediction_type(model)
+
+
+def lowest_sigma(model) -> float:
+    """The model's lowest noise level (its sigma at timestep 0)."""
+    return float(model_sampling(model).sigma_min)
+
+
+def latent_channels(model) -> int:
+    """Channels of the latents ``model`` works on (4 for SD1.x/SDXL, 16 for SD3 / Flux)."""
+    return model.get_model_object("latent_format").latent_channels
+
+
+def smallest_latent_side(model) -> tuple[int, int]:
+    """``(shrink, side)``: how much the model's UNet shrinks a latent, and the smallest latent side it takes.
+
+    ``shrink`` is 2 per Downsample of the UNet (1 for models without input blocks); the smallest
+    side puts one pixel at the deepest level, or two where a GroupNorm has one channel per group
+    (one value per group cannot be normalised).
+    """
+    unet = model.get_model_object("diffusion_model")
+    blocks = getattr(unet, "input_blocks", None)
+    if blocks is None:
+        return 1, 1
+    shrink = 2 ** sum(isinstance(module, comfy_unet.Downsample) for module in blocks.modules())
+    single_channel_groups = any(isinstance(module, torch.nn.GroupNorm) and module.num_channels == module.num_groups
+                                for module in unet.modules())
+    return shrink, shrink * (2 if single_channel_groups else 1)

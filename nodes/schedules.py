@@ -1,0 +1,43 @@
+"""Sigma schedules: ComfyUI's own, and pairing a model call's sigma with an inversion's sampling step."""
+
+from __future__ import annotations
+
+import torch
+
+import comfy.samplers
+
+from .errors import InvEditInputError
+from .model_info import model_sampling
+
+SIGMA_MATCH_RTOL = 1e-4
+"""Relative tolerance when pairing a model call's sigma with an inversion's sampling sigma."""
+
+
+def schedule(model, scheduler: str, steps: int) -> torch.Tensor:
+    """ComfyUI's own descending sigmas for ``scheduler`` and ``steps`` (as KSampler makes them)."""
+    if scheduler not in comfy.samplers.SCHEDULER_NAMES:
+        raise InvEditInputError(f"Unknown scheduler {scheduler!r}; pick one of {comfy.samplers.SCHEDULER_NAMES}.")
+    sigmas = comfy.samplers.calculate_sigmas(model_sampling(model), scheduler, steps)
+    return sigmas.cpu().float()
+
+
+def step_for_sigma(sigma: torch.Tensor, sampling_sigmas: torch.Tensor) -> int:
+    """Index ``i`` with ``sampling_sigmas[i] == sigma`` (the step that queries the model there)."""
+    value = float(sigma.reshape(-1)[0])
+    queried = sampling_sigmas[:-1].double()
+    matches = torch.nonzero(torch.isclose(queried, queried.new_tensor(value), rtol=SIGMA_MATCH_RTOL, atol=0.0))
+    if matches.numel() == 0:
+        levels = ", ".join(f"{float(s):.4g}" for s in queried[:4])
+        raise InvEditInputError(
+            f"The sampler asked the model for sigma {value:.6g}, which is not one of this inversion's "
+            f"{queried.numel()} sampling sigmas ({levels}, ...). Sample with the inversion's own SIGMAS output "
+            "(same steps and scheduler) and a deterministic sampler that only visits those levels "
+            "(ddim, euler, InvEdit Replay Sampler)."
+        )
+    return int(matches[0, 0])
+
+
+def check_schedule(sigmas: torch.Tensor, record) -> None:
+    """Refuse a schedule whose levels (all but the last) are not the inversion's sampling sigmas."""
+    for sigma in sigmas[:-1].cpu():
+        step_for_sigma(sigma, record.sampling_sigmas)
