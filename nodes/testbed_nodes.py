@@ -88,22 +88,26 @@ def load_testbed_flow_model(verify: bool = True):
         verify)
 
 
+def loader_schema(node_id: str, display_name: str, description: str) -> io.Schema:
+    """The schema both test-bed loaders share: ``verify`` in, ``(MODEL, text_encoder)`` out."""
+    return io.Schema(
+        node_id=node_id,
+        display_name=display_name,
+        category=CATEGORY,
+        description=description,
+        inputs=[io.Boolean.Input("verify", default=True, tooltip="Check the file's content hash before loading.")],
+        outputs=[io.Model.Output(), TestbedText.Output(display_name="text_encoder")],
+    )
+
+
 class TestbedModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="InvEditTestbedModelLoader",
-            display_name="InvEdit Test-bed Model (digits)",
-            category=CATEGORY,
-            description=(
-                "Loads InvEdit's shipped test-bed: a 1M-parameter SD1.x-layout UNet trained on handwritten "
-                "digits (8x16 canvases, two digits, prompts like 'a photo of three and seven'). A real ComfyUI "
-                "MODEL, so every InvEdit node runs on it; no download needed."
-            ),
-            inputs=[io.Boolean.Input("verify", default=True,
-                                     tooltip="Check the file's content hash before loading.")],
-            outputs=[io.Model.Output(), TestbedText.Output(display_name="text_encoder")],
-        )
+        return loader_schema(
+            "InvEditTestbedModelLoader", "InvEdit Test-bed Model (digits)",
+            "Loads InvEdit's shipped test-bed: a 1M-parameter SD1.x-layout UNet trained on handwritten digits (8x16 "
+            "canvases, two digits, prompts like 'a photo of three and seven'). A real ComfyUI MODEL, so every InvEdit "
+            "node runs on it; no download needed.")
 
     @classmethod
     def execute(cls, verify) -> io.NodeOutput:
@@ -113,20 +117,12 @@ class TestbedModelLoader(io.ComfyNode):
 class TestbedFlowModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="InvEditTestbedFlowModelLoader",
-            display_name="InvEdit Test-bed Flow Model (digits)",
-            category=CATEGORY,
-            description=(
-                "Loads InvEdit's shipped flow test-bed: a 0.47M-parameter Flux transformer (ComfyUI's own Flux "
-                "class: double- and single-stream blocks, rectified flow, ModelSamplingFlux, real CFG) trained on "
-                "the same handwritten-digit canvases and prompts as the digits UNet. Sample it with KSampler "
-                "(euler, simple) and encode prompts with its own text encoder; no download needed."
-            ),
-            inputs=[io.Boolean.Input("verify", default=True,
-                                     tooltip="Check the file's content hash before loading.")],
-            outputs=[io.Model.Output(), TestbedText.Output(display_name="text_encoder")],
-        )
+        return loader_schema(
+            "InvEditTestbedFlowModelLoader", "InvEdit Test-bed Flow Model (digits)",
+            "Loads InvEdit's shipped flow test-bed: a 0.47M-parameter Flux transformer (ComfyUI's own Flux class: "
+            "double- and single-stream blocks, rectified flow, ModelSamplingFlux, real CFG) trained on the same "
+            "handwritten-digit canvases and prompts as the digits UNet. Sample it with KSampler (euler, simple) and "
+            "encode prompts with its own text encoder; no download needed.")
 
     @classmethod
     def execute(cls, verify) -> io.NodeOutput:

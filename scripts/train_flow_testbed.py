@@ -64,19 +64,22 @@ from testbed.weights import FLOW_FORMAT_NAME, FLOW_MODEL_PATH, FORMAT_VERSION, H
 from testbed.weights import load_testbed, save_testbed  # noqa: E402
 from train_testbed import (  # noqa: E402
     NOISE_BUCKETS,
+    TrainingLog,
     canvas_metadata,
+    every_pair_prompts,
     learning_rate,
+    optimiser_step,
     prepare_comfy,
     print_selectivity,
     prompt_token_ids,
+    selectivity_results,
     selectivity_rows,
+    training_metadata,
     training_progress,
-    update_ema,
 )
 
 SEED = 20251213
 PROMPT_DROPOUT = 0.12
-EMA_DECAY = 0.999
 SIGMA_BUCKETS = {"high": (2 / 3, 1.0), "mid": (1 / 3, 2 / 3), "low": (0.0, 1 / 3)}
 """Noise-level ranges of the buckets the selectivity is reported in (same names as the UNet's)."""
 assert tuple(SIGMA_BUCKETS) == tuple(NOISE_BUCKETS)
@@ -89,7 +92,6 @@ EVAL_INVERSION_CANVASES = 64
 EVAL_INVERSION_STEPS = 50
 EVAL_GAP_GUIDANCE = 4.0
 PROBE_CANVASES = 64
-WORD_POSITIONS = (vocab.LEFT_WORD_POSITION, vocab.RIGHT_WORD_POSITION)
 
 COMFY_BUILD_NOTE = (
     "class Config(comfy.supported_models.Flux): unet_config = <unet_config>; "
@@ -218,21 +220,12 @@ def evaluate(flux, text: PooledPromptEmbedding, seed: int, shift: float, samplin
     results: dict = {"classifier_heldout_accuracy": round(classifier.heldout_accuracy(), 4)}
 
     canvases, prompts, _ = data_lib.heldout_canvases(EVAL_SELECTIVITY_CANVASES, seed=seed)
-    measured = measure_selectivity(denoiser, canvases, prompts, seed)
-    results["selectivity_heldout_noised"] = selectivity_rows(measured.table())
-    results["word_mass_share_heldout_noised"] = selectivity_rows(measured.word_share_table())
-    print_selectivity(results["selectivity_heldout_noised"],
-                      "selectivity on noised held-out canvases (own-half share of digit-word attention):")
-    print_selectivity(results["word_mass_share_heldout_noised"],
-                      "share of the image tokens' attention that goes to the two digit words:")
+    results.update(selectivity_results(measure_selectivity(denoiser, canvases, prompts, seed),
+                                       "share of the image tokens' attention that goes to the two digit words:"))
     if not sampling:
         return results
 
-    digits = torch.arange(10)
-    left = digits.repeat_interleave(10).repeat(EVAL_SAMPLES_PER_PAIR)
-    right = digits.repeat(10).repeat(EVAL_SAMPLES_PER_PAIR)
-    context = text(prompt_token_ids(left, right))
-    uncond = text(vocab.tokenize_batch([""] * len(left)))
+    left, right, context, uncond = every_pair_prompts(text, EVAL_SAMPLES_PER_PAIR)
     sigmas = flow_lib.simple_sigmas(EVAL_STEPS, shift)
     noise = torch.randn((len(left), *data_lib.CANVAS_SHAPE), generator=torch.Generator().manual_seed(seed))
     results["sample_agreement"] = {}
@@ -311,11 +304,9 @@ def train(args, flux_class, operations):
     generator = torch.Generator().manual_seed(args.seed + 2)
     probe_canvases, probe_prompts, _ = data_lib.heldout_canvases(PROBE_CANVASES, seed=args.seed)
 
-    start = time.time()
-    running = {"loss": 0.0, "attn": 0.0}
-    history, steps_done = [], 0
+    log = TrainingLog(args.log_every, args.steps)
     for step in range(args.steps):
-        progress = training_progress(step, args.steps, time.time() - start, args.max_minutes * 60)
+        progress = training_progress(step, args.steps, log.elapsed_s(), args.max_minutes * 60)
         if progress >= 1.0:
             print(f"stopping after {step} steps: the time budget of {args.max_minutes} min is spent", flush=True)
             break
@@ -333,31 +324,12 @@ def train(args, flux_class, operations):
             v_pred = denoiser.velocity(flow_lib.noised(x0, noise, sigma), sigma, text(ids))
             loss = F.mse_loss(v_pred, flow_lib.velocity_target(x0, noise))
             attn_loss = localisation_loss(recorder, conditional)
-        total = loss + args.attention_loss_weight * attn_loss
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        update_ema(ema_flux, flux, step)
-        update_ema(ema_text, text, step)
+        optimiser_step(optimizer, parameters, loss + args.attention_loss_weight * attn_loss,
+                       [(ema_flux, flux), (ema_text, text)], step)
         recorder.clear()
-
-        running["loss"] = 0.98 * running["loss"] + 0.02 * loss.item() if step else loss.item()
-        running["attn"] = 0.98 * running["attn"] + 0.02 * attn_loss.item() if step else attn_loss.item()
-        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
-            table = selectivity_rows(measure_selectivity(ema_probe, probe_canvases, probe_prompts, args.seed).table())
-            mean_selectivity = sum(row["all"] for row in table.values()) / len(table)
-            worst = min(table.items(), key=lambda item: item[1]["all"])
-            elapsed = time.time() - start
-            print(f"step {step + 1:5d}  {elapsed / 60:5.1f} min  loss {running['loss']:.4f}  "
-                  f"attn-loss {running['attn']:.3f}  EMA selectivity mean {mean_selectivity:.3f} "
-                  f"(lowest {worst[0]} {worst[1]['all']:.3f})", flush=True)
-            history.append({"step": step + 1, "minutes": round(elapsed / 60, 2), "loss": round(running["loss"], 4),
-                            "attention_loss": round(running["attn"], 4), "selectivity_mean": round(mean_selectivity, 4)})
-        steps_done = step + 1
-    stats = {"steps_done": steps_done, "minutes": round((time.time() - start) / 60, 2),
-             "final_loss_ema": round(running["loss"], 4), "history": history}
-    return ema_flux, ema_text, config, stats
+        log.after_step(step, loss, attn_loss, lambda: selectivity_rows(
+            measure_selectivity(ema_probe, probe_canvases, probe_prompts, args.seed).table()))
+    return ema_flux, ema_text, config, log.stats()
 
 
 def metadata_for(args, config: dict, stats: dict, evaluation: dict) -> dict:
@@ -381,13 +353,8 @@ def metadata_for(args, config: dict, stats: dict, evaluation: dict) -> dict:
             "comfy_build": COMFY_BUILD_NOTE,
         },
         **canvas_metadata(pooling=PooledPromptEmbedding.pooling, pooled_dim=flow_lib.POOLED_DIM),
-        "training": {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                     "warmup": args.warmup, "optimizer": "AdamW, grad clip 1.0, cosine to 10 %",
-                     "ema_decay": EMA_DECAY, "prompt_dropout": PROMPT_DROPOUT,
-                     "attention_loss_weight": args.attention_loss_weight,
-                     "objective": "mse(v_pred, noise - x0), x = (1 - sigma) x0 + sigma noise, "
-                                  f"sigma = sigmoid(N({args.shift}, {flow_lib.TRAINING_LOGIT_STD}))",
-                     "threads": torch.get_num_threads(), "torch": torch.__version__, **stats},
+        "training": training_metadata(args, PROMPT_DROPOUT, "mse(v_pred, noise - x0), x = (1 - sigma) x0 + sigma noise, "
+                                      f"sigma = sigmoid(N({args.shift}, {flow_lib.TRAINING_LOGIT_STD}))", stats),
         "evaluation": evaluation,
     }
 

@@ -236,6 +236,52 @@ def learning_rate(step: int, progress: float, peak: float, warmup: int) -> float
     return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def optimiser_step(optimizer, parameters, total: torch.Tensor, ema_pairs, step: int) -> None:
+    """Backward pass, gradient norm clipped to 1, optimiser step, then each ``(ema, model)`` pair's EMA."""
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimizer.step()
+    for ema, model in ema_pairs:
+        update_ema(ema, model, step)
+
+
+class TrainingLog:
+    """A run's smoothed losses, the EMA model's word selectivity every ``log_every`` steps, its history."""
+
+    def __init__(self, log_every: int, total_steps: int) -> None:
+        self.log_every, self.total_steps = log_every, total_steps
+        self.start = time.time()
+        self.running = {"loss": 0.0, "attn": 0.0}
+        self.history: list[dict] = []
+        self.steps_done = 0
+
+    def elapsed_s(self) -> float:
+        return time.time() - self.start
+
+    def after_step(self, step: int, loss: torch.Tensor, attn_loss: torch.Tensor, selectivity: Callable[[], dict]) -> None:
+        """Record step ``step``'s losses; every ``log_every`` steps print and keep ``selectivity()``'s table."""
+        for key, value in (("loss", loss), ("attn", attn_loss)):
+            self.running[key] = 0.98 * self.running[key] + 0.02 * value.item() if step else value.item()
+        self.steps_done = step + 1
+        if (step + 1) % self.log_every and step + 1 != self.total_steps:
+            return
+        table = selectivity()
+        mean_selectivity = sum(row["all"] for row in table.values()) / len(table)
+        worst = min(table.items(), key=lambda item: item[1]["all"])
+        minutes = self.elapsed_s() / 60
+        print(f"step {step + 1:5d}  {minutes:5.1f} min  loss {self.running['loss']:.4f}  "
+              f"attn-loss {self.running['attn']:.3f}  EMA selectivity mean {mean_selectivity:.3f} "
+              f"(lowest {worst[0]} {worst[1]['all']:.3f})", flush=True)
+        self.history.append({"step": step + 1, "minutes": round(minutes, 2), "loss": round(self.running["loss"], 4),
+                             "attention_loss": round(self.running["attn"], 4),
+                             "selectivity_mean": round(mean_selectivity, 4)})
+
+    def stats(self) -> dict:
+        return {"steps_done": self.steps_done, "minutes": round(self.elapsed_s() / 60, 2),
+                "final_loss_ema": round(self.running["loss"], 4), "history": self.history}
+
+
 def training_progress(step: int, total_steps: int, elapsed_s: float, budget_s: float) -> float:
     """Fraction of the run done: steps or wall-clock budget, whichever is further along.
 
@@ -335,6 +381,25 @@ def print_selectivity(rows: dict, title: str) -> None:
         print(f"  {block:<10}  " + "  ".join(f"{row[b]:6.3f}" for b in (*NOISE_BUCKETS, "all")))
 
 
+def selectivity_results(measured: SelectivityAccumulator, share_title: str) -> dict:
+    """Evaluation entries (printed) of the selectivity and word-share tables on noised held-out canvases."""
+    results = {"selectivity_heldout_noised": selectivity_rows(measured.table()),
+               "word_mass_share_heldout_noised": selectivity_rows(measured.word_share_table())}
+    print_selectivity(results["selectivity_heldout_noised"],
+                      "selectivity on noised held-out canvases (own-half share of digit-word attention):")
+    print_selectivity(results["word_mass_share_heldout_noised"], share_title)
+    return results
+
+
+def every_pair_prompts(text: PromptEmbedding, samples_per_pair: int):
+    """``(left [N], right [N], context [N, 8, 64], uncond [N, 8, 64])``: each of the 100 digit pairs
+    ``samples_per_pair`` times (pairs in order, repeated), with the empty prompt's context."""
+    digits = torch.arange(10)
+    left = digits.repeat_interleave(10).repeat(samples_per_pair)
+    right = digits.repeat(10).repeat(samples_per_pair)
+    return left, right, text(prompt_token_ids(left, right)), text(vocab.tokenize_batch([""] * len(left)))
+
+
 def evaluate(unet, text, seed: int, sampling: bool = True, log=print) -> dict:
     """Selectivity tables, and with ``sampling`` the agreement of guided samples and the inversion round trip."""
     recorder: Recorder = {}
@@ -343,21 +408,12 @@ def evaluate(unet, text, seed: int, sampling: bool = True, log=print) -> dict:
     results: dict = {"classifier_heldout_accuracy": round(classifier.heldout_accuracy(), 4)}
 
     canvases, prompts, _ = data_lib.heldout_canvases(EVAL_SELECTIVITY_CANVASES, seed=seed)
-    measured = measure_selectivity(denoiser, canvases, prompts, seed)
-    results["selectivity_heldout_noised"] = selectivity_rows(measured.table())
-    results["word_mass_share_heldout_noised"] = selectivity_rows(measured.word_share_table())
-    print_selectivity(results["selectivity_heldout_noised"],
-                      "selectivity on noised held-out canvases (own-half share of digit-word attention):")
-    print_selectivity(results["word_mass_share_heldout_noised"],
-                      "share of all cross-attention mass that goes to the two digit words:")
+    results.update(selectivity_results(measure_selectivity(denoiser, canvases, prompts, seed),
+                                       "share of all cross-attention mass that goes to the two digit words:"))
     if not sampling:
         return results
 
-    digits = torch.arange(10)
-    left = digits.repeat_interleave(10).repeat(EVAL_SAMPLES_PER_PAIR)
-    right = digits.repeat(10).repeat(EVAL_SAMPLES_PER_PAIR)
-    context = text(prompt_token_ids(left, right))
-    uncond = text(vocab.tokenize_batch([""] * len(left)))
+    left, right, context, uncond = every_pair_prompts(text, EVAL_SAMPLES_PER_PAIR)
     sigmas = schedule_lib.ddim_uniform_sigmas(EVAL_STEPS)
     noise = torch.randn((len(left), *data_lib.CANVAS_SHAPE), generator=torch.Generator().manual_seed(seed))
     accumulator = SelectivityAccumulator()
@@ -441,10 +497,7 @@ def train(args, unet_class, operations) -> tuple[torch.nn.Module, PromptEmbeddin
     probe_canvases, probe_prompts, _ = data_lib.heldout_canvases(PROBE_CANVASES, seed=args.seed)
     ema_probe = TestbedDenoiser(ema_unet, ema_text, {})
 
-    start = time.time()
-    running = {"loss": 0.0, "attn": 0.0}
-    history = []
-    steps_done = 0
+    log = TrainingLog(args.log_every, args.steps)
     for step in range(args.steps):
         pairs = data_lib.random_pairs(train_pool, args.batch_size, generator)
         x0 = data_lib.make_canvases(pairs[:, 0], pairs[:, 1])
@@ -456,7 +509,7 @@ def train(args, unet_class, operations) -> tuple[torch.nn.Module, PromptEmbeddin
         a = abar[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1.0 - a).sqrt() * noise
 
-        progress = training_progress(step, args.steps, time.time() - start, args.max_minutes * 60)
+        progress = training_progress(step, args.steps, log.elapsed_s(), args.max_minutes * 60)
         if progress >= 1.0:
             print(f"stopping after {step} steps: the time budget of {args.max_minutes} min is spent", flush=True)
             break
@@ -465,32 +518,12 @@ def train(args, unet_class, operations) -> tuple[torch.nn.Module, PromptEmbeddin
         eps_pred = unet(x_t, t.float(), text(ids), transformer_options=dict(options))
         loss = F.mse_loss(eps_pred, noise)
         attn_loss = localisation_loss(recorder, conditional)
-        total = loss + args.attention_loss_weight * attn_loss
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        update_ema(ema_unet, unet, step)
-        update_ema(ema_text, text, step)
+        optimiser_step(optimizer, parameters, loss + args.attention_loss_weight * attn_loss,
+                       [(ema_unet, unet), (ema_text, text)], step)
         recorder.clear()
-
-        running["loss"] = 0.98 * running["loss"] + 0.02 * loss.item() if step else loss.item()
-        running["attn"] = 0.98 * running["attn"] + 0.02 * attn_loss.item() if step else attn_loss.item()
-        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
-            table = selectivity_rows(measure_selectivity(ema_probe, probe_canvases, probe_prompts, args.seed).table())
-            mean_selectivity = sum(r["all"] for r in table.values()) / len(table)
-            worst = min(table.items(), key=lambda item: item[1]["all"])
-            elapsed = time.time() - start
-            print(f"step {step + 1:5d}  {elapsed / 60:5.1f} min  loss {running['loss']:.4f}  "
-                  f"attn-loss {running['attn']:.3f}  EMA selectivity mean {mean_selectivity:.3f} "
-                  f"(lowest {worst[0]} {worst[1]['all']:.3f})", flush=True)
-            history.append({"step": step + 1, "minutes": round(elapsed / 60, 2), "loss": round(running["loss"], 4),
-                            "attention_loss": round(running["attn"], 4),
-                            "selectivity_mean": round(mean_selectivity, 4)})
-        steps_done = step + 1
-    stats = {"steps_done": steps_done, "minutes": round((time.time() - start) / 60, 2),
-             "final_loss_ema": round(running["loss"], 4), "history": history}
-    return ema_unet, ema_text, unet_config, stats
+        log.after_step(step, loss, attn_loss, lambda: selectivity_rows(
+            measure_selectivity(ema_probe, probe_canvases, probe_prompts, args.seed).table()))
+    return ema_unet, ema_text, unet_config, log.stats()
 
 
 def metadata_for(args, unet_config: dict, stats: dict, evaluation: dict) -> dict:
@@ -510,15 +543,18 @@ def metadata_for(args, unet_config: dict, stats: dict, evaluation: dict) -> dict
             "comfy_build": COMFY_BUILD_NOTE,
         },
         **canvas_metadata(),
-        "training": {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                     "warmup": args.warmup, "optimizer": "AdamW, grad clip 1.0, cosine to 10 %",
-                     "ema_decay": EMA_DECAY, "prompt_dropout": PROMPT_DROPOUT,
-                     "attention_loss_weight": args.attention_loss_weight,
-                     "objective": "mse(eps_pred, eps), t uniform in 0..999, "
-                                  "x_t = sqrt(abar) x0 + sqrt(1 - abar) eps",
-                     "threads": torch.get_num_threads(), "torch": torch.__version__, **stats},
+        "training": training_metadata(args, PROMPT_DROPOUT, "mse(eps_pred, eps), t uniform in 0..999, "
+                                                            "x_t = sqrt(abar) x0 + sqrt(1 - abar) eps", stats),
         "evaluation": evaluation,
     }
+
+
+def training_metadata(args, prompt_dropout: float, objective: str, stats: dict) -> dict:
+    """The ``training`` metadata: the run's settings (both scripts share the optimiser and EMA) and statistics."""
+    return {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+            "warmup": args.warmup, "optimizer": "AdamW, grad clip 1.0, cosine to 10 %", "ema_decay": EMA_DECAY,
+            "prompt_dropout": prompt_dropout, "attention_loss_weight": args.attention_loss_weight,
+            "objective": objective, "threads": torch.get_num_threads(), "torch": torch.__version__, **stats}
 
 
 def canvas_metadata(**text_extra) -> dict:
