@@ -138,6 +138,8 @@ class NullTextResult:
         cond_evaluations, uncond_evaluations: denoiser calls made (each call is one batch).
         seconds: wall time of the whole optimisation.
         final_state: ``[B, C, H, W]`` the state reached after the last step.
+        loss_scale: the final dynamic loss scale (None: no loss scaling).
+        loss_scale_overflows: backward passes redone with a smaller loss scale.
     """
 
     step_contexts: torch.Tensor
@@ -151,6 +153,8 @@ class NullTextResult:
     uncond_evaluations: int = 0
     seconds: float = 0.0
     final_state: Optional[torch.Tensor] = None
+    loss_scale: Optional[float] = None
+    loss_scale_overflows: int = 0
 
     @property
     def total_gradient_steps(self) -> int:
@@ -179,6 +183,8 @@ class NullTextResult:
             "cond_evaluations": self.cond_evaluations,
             "uncond_evaluations": self.uncond_evaluations,
             "seconds": float(self.seconds),
+            "loss_scale": self.loss_scale,
+            "loss_scale_overflows": self.loss_scale_overflows,
         }
 
 
@@ -431,5 +437,7 @@ def optimise_null_text(cond: CondDenoiser, uncond: UncondDenoiser, sigmas: torch
         x = x_next.detach()
     result.step_contexts = torch.stack(step_contexts) if step_contexts else torch.empty(0)
     result.final_state = x
+    if loss_scale is not None:
+        result.loss_scale, result.loss_scale_overflows = loss_scale.scale, loss_scale.overflows
     result.seconds = time.perf_counter() - started
     return result
