@@ -20,6 +20,7 @@ import comfy.patcher_extension
 import comfy.weight_adapter
 from invedit.nodes.gradients import gradient_ready
 from invedit.nodes.options import option_defaults
+from null_text_models import weight_copying_clone
 from tiny_models import ModelSnapshot, build_tiny_model, tiny_conditioning, tiny_latent
 
 STEPS = 6
@@ -216,21 +217,6 @@ def test_a_lora_patched_model_gives_the_contexts_of_its_merged_weights(pack_node
     assert max_difference(with_lora, merged) < CONTEXT_TOLERANCE
     assert max_difference(with_lora, plain) > 1e-3  # the LoRA changes the contexts: the test can fail
     assert {name: value for name, value in model_objects(base).items() if name not in patches} == objects
-
-
-def _weight_copy(weight: torch.Tensor) -> torch.Tensor:
-    return weight.detach().clone() if weight.is_inference() else weight.detach()
-
-
-def weight_copying_clone(model):
-    """The mechanism issue 18 replaced: every weight through a weight wrapper that copies it."""
-    clone = model.clone()
-    for name, module in clone.model.named_modules():
-        if hasattr(module, "weight_function"):
-            for attribute in ("weight", "bias"):
-                if getattr(module, attribute, None) is not None:
-                    clone.add_weight_wrapper(f"{name}.{attribute}", _weight_copy)
-    return clone
 
 
 @pytest.mark.parametrize("arch", ["sd15", "sdxl"])
