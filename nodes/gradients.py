@@ -32,15 +32,27 @@ How it composes with the rest of ComfyUI:
   training loop; the resident weights cost nothing.
 * Tensor subclasses (quantised formats of other custom nodes) are left alone; if one of them
   is an inference tensor that autograd must save, the forward raises the RuntimeError above.
+* In-place updates: ComfyUI's flow transformers (Flux ``txt += ...``, Chroma ``addcmul_``, MMDiT
+  ``x += ...``) and a UNet with a ControlNet (``h += ctrl``) update in place tensors autograd has
+  saved, which autograd refuses ("modified by an inplace operation"). With
+  ``copy_saved_activations`` autograd saves its own copy of every activation it keeps (never of
+  a weight), so those updates no longer reach it. :func:`run_with_gradients` runs a computation
+  without the copies and, only if that error comes up, once more with them.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from itertools import chain
+from typing import Callable, Iterator, TypeVar
 
 import torch
+
+Result = TypeVar("Result")
+
+IN_PLACE_ERROR = "modified by an inplace operation"
+"""What autograd says when a forward pass changed in place a tensor it saved for backward."""
 
 PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 """Only these exact types are swapped; subclasses carry their own meaning (quantisation, ...)."""
@@ -101,24 +113,62 @@ def _restore(swapped: list[_Swapped], frozen: list[_Frozen]) -> None:
         entry.parameter.requires_grad_(True)
 
 
+class _SavedActivationCopier:
+    """Autograd saved-tensor hooks: keep a copy of every saved activation, the weights themselves.
+
+    Args:
+        model: the module whose parameters and buffers are saved as they are (by storage).
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.weight_storages = {tensor.untyped_storage().data_ptr()
+                                for tensor in chain(model.parameters(), model.buffers())}
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.untyped_storage().data_ptr() in self.weight_storages:
+            return tensor
+        return tensor.clone()
+
+    @staticmethod
+    def unpack(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+
 @contextmanager
-def gradient_ready(model_patcher) -> Iterator[None]:
+def gradient_ready(model_patcher, copy_saved_activations: bool = False) -> Iterator[None]:
     """Within the block, ``model_patcher``'s loaded model can be differentiated (see the module docstring).
 
     Gradients flow to the inputs (a text context), never to the weights. Enter it inside a
     sampler's loop, where ComfyUI has loaded and patched the model; the block runs with
     ``inference_mode(False)`` and grad mode on. Every module is restored on exit, whatever
-    ends the block.
+    ends the block. ``copy_saved_activations``: for models that update saved tensors in place.
     """
     swapped: list[_Swapped] = []
     frozen: list[_Frozen] = []
     try:
-        with torch.inference_mode(False):
+        with ExitStack() as stack:
+            stack.enter_context(torch.inference_mode(False))
             _prepare(model_patcher.model, swapped, frozen)
-            with torch.enable_grad():
-                yield
+            stack.enter_context(torch.enable_grad())
+            if copy_saved_activations:
+                copier = _SavedActivationCopier(model_patcher.model)
+                stack.enter_context(torch.autograd.graph.saved_tensors_hooks(copier.pack, copier.unpack))
+            yield
     finally:
         _restore(swapped, frozen)
+
+
+def run_with_gradients(model_patcher, run: Callable[[], Result]) -> Result:
+    """``run()`` inside :func:`gradient_ready`; again with copies of saved activations if the model
+    updated one in place (the first attempt stops at its first backward pass; ``run`` must start over)."""
+    try:
+        with gradient_ready(model_patcher):
+            return run()
+    except RuntimeError as error:
+        if IN_PLACE_ERROR not in str(error):
+            raise
+    with gradient_ready(model_patcher, copy_saved_activations=True):
+        return run()
 
 
 def compute_dtype(model_patcher) -> torch.dtype:

@@ -21,7 +21,7 @@ from ..inversion.record import InversionRecord
 from .checks import check_finite
 from .conditioning import uncond_context_wrapper, with_context
 from .errors import InvEditInputError
-from .gradients import compute_dtype, gradient_ready
+from .gradients import compute_dtype, run_with_gradients
 from .sampling import PackSampler, SamplerRun, inversion_noise_latent, plain_guider, sample_with_guider
 
 PRECISION_ADVICE = ("run the model in bfloat16 (start ComfyUI with --bf16-unet, on a GPU that has it) or float32 "
@@ -58,10 +58,12 @@ def null_text_loop(run: SamplerRun, *, record: InversionRecord, initial_context:
         comfy.model_management.throw_exception_if_processing_interrupted()
         progress(info)
 
-    with gradient_ready(guider.model_patcher):
-        result = optimise_null_text(cond, uncond, run.sigmas.clone(), record.step_targets().to(x.device).clone(),
-                                    x.clone(), initial_context.to(x.device).clone(), config, on_progress,
-                                    run.process, loss_scale_for(guider.model_patcher))
+    def optimise() -> NullTextResult:
+        return optimise_null_text(cond, uncond, run.sigmas.clone(), record.step_targets().to(x.device).clone(),
+                                  x.clone(), initial_context.to(x.device).clone(), config, on_progress, run.process,
+                                  loss_scale_for(guider.model_patcher))
+
+    result = run_with_gradients(guider.model_patcher, optimise)
     result_sink.append(result)
     return check_finite(result.final_state.clone(), "Null-text optimisation")
 

@@ -57,10 +57,12 @@ def build_flux(unet_config: dict, dtype: torch.dtype = torch.float32, seed: int 
     with torch.inference_mode(inference):
         model = comfy.model_base.Flux(config, device=cpu)
         _init_parameters(model.diffusion_model, seed)
+        generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            for name, parameter in model.diffusion_model.named_parameters():
+            for name, parameter in sorted(model.diffusion_model.named_parameters(), key=lambda item: item[0]):
                 if name.endswith(".scale"):  # RMSNorm scales around 1, as trained ones are
-                    parameter.copy_(1.0 + NORM_SCALE_NOISE * torch.randn_like(parameter, dtype=torch.float32))
+                    noise = torch.randn(parameter.shape, generator=generator)
+                    parameter.copy_(1.0 + NORM_SCALE_NOISE * noise)
     model.eval()
     model.requires_grad_(False)
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)

@@ -20,7 +20,7 @@ import comfy.patcher_extension
 import comfy.weight_adapter
 from invedit.nodes.gradients import gradient_ready
 from invedit.nodes.options import option_defaults
-from null_text_models import weight_copying_clone
+from null_text_models import TINY_FLUX, build_flux, flux_conditioning, flux_latent, weight_copying_clone
 from tiny_models import ModelSnapshot, build_tiny_model, tiny_conditioning, tiny_latent
 
 STEPS = 6
@@ -29,6 +29,7 @@ SETTINGS = dict(guidance=7.5, inner_steps=3, learning_rate=0.01, learning_rate_d
 CONTEXT_TOLERANCE = 1e-6  # float32: the same arithmetic, whatever holds the weights
 LORA_RANK, LORA_ALPHA, LORA_STRENGTH = 4, 2.0, 0.7
 LORA_LAYERS = ("attn2.to_k.weight", "attn2.to_v.weight", "ff.net.2.weight")
+FLUX_TOKENS, FLUX_STEPS = 8, 4
 
 
 def model_objects(patcher) -> dict[str, tuple[int, bool, bool]]:
@@ -232,3 +233,24 @@ def test_contexts_equal_those_of_the_weight_copying_mechanism(pack_nodes, tiny_m
     assert max_difference(views, copies) < CONTEXT_TOLERANCE
     shifted = contexts_of(null_text(pack_nodes, model, record, guidance=SETTINGS["guidance"] + 0.5))
     assert max_difference(views, shifted) > 1e-4  # another guidance, other contexts: the band can fail
+
+
+# ---------------------------------------------------------------------------------------------
+# Flow transformers
+
+
+def test_a_flux_transformer_is_differentiated_through_comfyuis_own_forward(pack_nodes):
+    model = build_flux(TINY_FLUX)
+    positive, negative = flux_conditioning(FLUX_TOKENS, 1), flux_conditioning(FLUX_TOKENS, 2)
+    with torch.inference_mode():
+        record = pack_nodes["InvEditDDIMInversion"].execute(
+            model=model, positive=positive, negative=negative, latent=flux_latent(8, 3), steps=FLUX_STEPS,
+            inversion_cfg=1.0, scheduler="simple", clean_level="zero", **option_defaults()).result[1]
+    assert record.settings["process"] == "rectified-flow"
+    objects = model_objects(model)
+    views = null_text(pack_nodes, model, record, negative=negative)
+    copies = null_text(pack_nodes, weight_copying_clone(model), record, negative=negative)
+    assert max_difference(contexts_of(views), contexts_of(copies)) < CONTEXT_TOLERANCE
+    assert max_difference(contexts_of(views)[-1, 0], negative[0][0][0]) > 1e-3  # the contexts moved
+    assert sum(views.unconditioning.report["gradient_steps"]) > 0
+    assert model_objects(model) == objects
