@@ -51,18 +51,29 @@ def build_flux(unet_config: dict, dtype: torch.dtype = torch.float32, seed: int 
     With ``inference`` (as ComfyUI's loaders build them) the weights are inference tensors;
     without it they are normal tensors that do not require gradients (a plain-torch model).
     """
-    config = comfy.supported_models.Flux(dict(unet_config))
-    config.set_inference_dtype(dtype, None)
+    return _seeded_model(comfy.supported_models.Flux(dict(unet_config)), comfy.model_base.Flux, dtype, seed,
+                         inference, _norm_scales_near_one)
+
+
+def _norm_scales_near_one(network: torch.nn.Module, seed: int) -> None:
+    """RMSNorm scales (``torch.empty`` in comfy ops) around 1, as trained ones are."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in sorted(network.named_parameters(), key=lambda item: item[0]):
+            if name.endswith(".scale"):
+                parameter.copy_(1.0 + NORM_SCALE_NOISE * torch.randn(parameter.shape, generator=generator))
+
+
+def _seeded_model(model_config, model_class, dtype: torch.dtype, seed: int, inference: bool,
+                  shape_weights=None) -> comfy.model_patcher.ModelPatcher:
+    """``model_class(model_config)`` in ``dtype`` on the CPU, every parameter seeded, frozen, as a MODEL."""
+    model_config.set_inference_dtype(dtype, None)
     cpu = torch.device("cpu")
     with torch.inference_mode(inference):
-        model = comfy.model_base.Flux(config, device=cpu)
+        model = model_class(model_config, device=cpu)
         _init_parameters(model.diffusion_model, seed)
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for name, parameter in sorted(model.diffusion_model.named_parameters(), key=lambda item: item[0]):
-                if name.endswith(".scale"):  # RMSNorm scales around 1, as trained ones are
-                    noise = torch.randn(parameter.shape, generator=generator)
-                    parameter.copy_(1.0 + NORM_SCALE_NOISE * noise)
+        if shape_weights is not None:
+            shape_weights(model.diffusion_model, seed)
     model.eval()
     model.requires_grad_(False)
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
@@ -88,15 +99,8 @@ def sd15_layout(unet_config: dict, dtype: torch.dtype = torch.float32, seed: int
 
     ``inference`` as in :func:`build_flux`.
     """
-    config = comfy.supported_models.SD15(dict(unet_config))
-    config.set_inference_dtype(dtype, None)
-    cpu = torch.device("cpu")
-    with torch.inference_mode(inference):
-        model = comfy.model_base.BaseModel(config, device=cpu)
-        _init_parameters(model.diffusion_model, seed)
-    model.eval()
-    model.requires_grad_(False)
-    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+    return _seeded_model(comfy.supported_models.SD15(dict(unet_config)), comfy.model_base.BaseModel, dtype, seed,
+                         inference)
 
 
 def model_in(dtype: torch.dtype, source=None, inference: bool = True) -> comfy.model_patcher.ModelPatcher:
