@@ -374,30 +374,30 @@ def _per_step(result: dict) -> float | None:
 
 
 def measure(model: str, dtype: str, threads: list[int], cases: list[str], repeats: int) -> list[dict]:
-    """Every case at every thread count, one process each; memory from the first thread count."""
+    """Every case at every thread count, one process each, the cases of one thread count in a row
+    (so that pack and plain loop meet the same load on a shared machine); memory from the first
+    thread count; the weight-copy control and sampling (memory only) at the first thread count only."""
     import torch
 
-    rows = []
+    rows = {case: {"model": model, "dtype": dtype, "case": case, "per_step": {}} for case in cases}
     with tempfile.TemporaryDirectory() as folder:
-        for case in cases:
-            row = {"model": model, "dtype": dtype, "case": case, "per_step": {}}
-            for count in threads:
-                (result,) = spawn(model, [case], dtype, count, folder, repeats)
+        for index, count in enumerate(threads):
+            for case in cases:
+                if index > 0 and case in ("sampling", COPIES):
+                    rows[case]["per_step"][count] = None
+                    continue
+                (result,) = spawn(model, [case], dtype, count, folder, 1 if case == "sampling" else repeats)
                 print(json.dumps({"model": model, **result}), flush=True)
-                row["per_step"][count] = _per_step(result)
+                rows[case]["per_step"][count] = _per_step(result)
                 for key in ("peak_increase", "parameters", "weight_bytes"):
-                    row.setdefault(key, result[key])
-            saved = Path(folder) / f"{case}.pt"
-            if saved.exists():
-                row["contexts"] = torch.load(saved)
-            rows.append(row)
-    plain = next((row for row in rows if row["case"] == "plain loop"), None)
-    for row in rows:
-        if plain is not None and "contexts" in row and row is not plain:
-            row["contexts_vs_plain"] = float((row["contexts"] - plain["contexts"]).abs().max())
-    for row in rows:
-        row.pop("contexts", None)
-    return rows
+                    rows[case].setdefault(key, result[key])
+        contexts = {case: torch.load(Path(folder) / f"{case}.pt") for case in cases
+                    if (Path(folder) / f"{case}.pt").exists()}
+    if "plain loop" in contexts:
+        for case, tensor in contexts.items():
+            if case != "plain loop":
+                rows[case]["contexts_vs_plain"] = float((tensor - contexts["plain loop"]).abs().max())
+    return list(rows.values())
 
 
 def table(rows: list[dict], threads: list[int]) -> list[str]:
@@ -410,8 +410,8 @@ def table(rows: list[dict], threads: list[int]) -> list[str]:
                      and r["case"] == "plain loop")
         steps = " / ".join("-" if row["per_step"][count] is None else f"{row['per_step'][count]:.2f}" for count in threads)
         memory = f"{row['peak_increase'] / plain['peak_increase']:.2f}" if row["case"] != "sampling" else "-"
-        times = " / ".join(f"{row['per_step'][count] / plain['per_step'][count]:.2f}" for count in threads) \
-            if row["per_step"][threads[0]] is not None else "-"
+        times = " / ".join("-" if row["per_step"][count] is None else
+                           f"{row['per_step'][count] / plain['per_step'][count]:.2f}" for count in threads)
         difference = f"{row['contexts_vs_plain']:.1e}" if "contexts_vs_plain" in row else "-"
         lines.append(f"| {SPECS[row['model']].title} ({row['parameters'] / 1e6:.0f}M) | {row['dtype']} | {row['case']} | "
                      f"{row['peak_increase'] / GIB:+.2f} | {steps} | {memory} | {times} | {difference} |")
@@ -446,12 +446,7 @@ def main() -> None:
             plan += [(model, dtype, [int(t) for t in args.threads.split(",")]) for dtype in args.dtypes.split(",")]
     if args.gpu:
         plan.append(("sd15-gpu", "float16", [1]))
-    for model, dtype, threads in plan:
-        rows = measure(model, dtype, threads, cases, args.repeats)
-        lines = table(rows, threads)
-        print("\n".join(lines), flush=True)
-        sections += ["", *lines]
-    notes = [
+    header = [
         "# Null-text cost against a plain optimisation loop (benchmarks/null_text_cost.py)",
         "",
         f"Guidance {GUIDANCE}, Adam lr {LEARNING_RATE}, `after step`, early stop 0 (every Adam step runs); each case in "
@@ -459,9 +454,12 @@ def main() -> None:
         "case runs (resident set on the CPU), first run. s / Adam step: the whole optimisation over its Adam steps, "
         f"fastest of {args.repeats} runs (a shared 2-core machine). Goals "
         f"(SD1.5, CPU): memory <= {MEMORY_GOAL}x and time <= {TIME_GOAL}x the plain loop's.",
-        *sections,
     ]
-    RESULTS.write_text("\n".join(notes) + "\n")
+    for model, dtype, threads in plan:
+        lines = table(measure(model, dtype, threads, cases, args.repeats), threads)
+        print("\n".join(lines), flush=True)
+        sections += ["", *lines]
+        RESULTS.write_text("\n".join(header + sections) + "\n")
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def _restore(swapped: list[_Swapped], frozen: list[_Frozen]) -> None:
         entry.parameter.requires_grad_(True)
 
 
-class _SavedActivationCopier:
+class SavedActivationCopier:
     """Autograd saved-tensor hooks: keep a copy of every saved activation, the weights themselves.
 
     Args:
@@ -151,7 +151,7 @@ def gradient_ready(model_patcher, copy_saved_activations: bool = False) -> Itera
             _prepare(model_patcher.model, swapped, frozen)
             stack.enter_context(torch.enable_grad())
             if copy_saved_activations:
-                copier = _SavedActivationCopier(model_patcher.model)
+                copier = SavedActivationCopier(model_patcher.model)
                 stack.enter_context(torch.autograd.graph.saved_tensors_hooks(copier.pack, copier.unpack))
             yield
     finally:

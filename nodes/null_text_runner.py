@@ -68,12 +68,25 @@ def null_text_loop(run: SamplerRun, *, record: InversionRecord, initial_context:
     return check_finite(result.final_state.clone(), "Null-text optimisation")
 
 
+def check_no_hooks(conditioning, what: str) -> None:
+    """Refuse a CONDITIONING with ComfyUI hooks: they re-patch the weights during sampling, which the
+    gradient-ready weights of :mod:`.gradients` must not meet."""
+    if any(isinstance(entry, (list, tuple)) and len(entry) > 1 and entry[1].get("hooks") is not None
+           for entry in conditioning or []):
+        raise InvEditInputError(
+            f"The {what} carries hooks (a scheduled LoRA or hook keyframes), which null-text inversion does not "
+            "support: apply the LoRA to the MODEL (Load LoRA) instead."
+        )
+
+
 def run_null_text(model, record: InversionRecord, template, initial_context: torch.Tensor,
                   config: NullTextConfig, progress: Callable[[dict], None]) -> NullTextResult:
     """Optimise ``record``'s per-step unconditional contexts (``initial_context [B or 1, L, D]``) on ``model``.
 
     ``model`` is not changed: gradients are taken through it as loaded (see :mod:`.gradients`).
     """
+    check_no_hooks(record.positive, "inversion's source prompt")
+    check_no_hooks(template, "negative (empty) prompt")
     noise_raw = inversion_noise_latent(model, record)
     sink: list = []
     guider = plain_guider(model, record.positive, with_context(template, initial_context[:1]), config.guidance)

@@ -18,7 +18,7 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.weight_adapter
-from invedit.nodes.gradients import gradient_ready
+from invedit.nodes.gradients import IN_PLACE_ERROR, SavedActivationCopier, gradient_ready
 from invedit.nodes.options import option_defaults
 from null_text_models import TINY_FLUX, build_flux, flux_conditioning, flux_latent, weight_copying_clone
 from tiny_models import ModelSnapshot, build_tiny_model, tiny_conditioning, tiny_latent
@@ -237,6 +237,33 @@ def test_contexts_equal_those_of_the_weight_copying_mechanism(pack_nodes, tiny_m
 
 # ---------------------------------------------------------------------------------------------
 # Flow transformers
+
+
+def test_copies_of_saved_activations_make_flux_differentiable_and_never_copy_a_weight():
+    model = build_flux(TINY_FLUX)
+    x = flux_latent(8, 3)["samples"]
+    context = torch.randn(1, FLUX_TOKENS, 4096)
+    extras = {"y": torch.randn(1, 768), "guidance": torch.tensor([3.5])}
+
+    def context_gradient() -> torch.Tensor:
+        text = context.clone().requires_grad_(True)
+        model.model.apply_model(x, torch.tensor([0.8]), c_crossattn=text, **extras).square().mean().backward()
+        return text.grad
+
+    with torch.inference_mode():
+        comfy.model_management.load_models_gpu([model])
+        # ComfyUI's Flux blocks add to residual streams autograd saved, in place (txt += ..., x += ...).
+        with gradient_ready(model), pytest.raises(RuntimeError, match=IN_PLACE_ERROR):
+            context_gradient()
+        with gradient_ready(model, copy_saved_activations=True):
+            gradient = context_gradient()
+            copier = SavedActivationCopier(model.model)
+            weight = model.model.diffusion_model.txt_in.weight
+            activation = torch.randn(3, 4)
+            assert copier.pack(weight) is weight and copier.pack(weight.t()).data_ptr() == weight.data_ptr()
+            copy = copier.pack(activation)
+            assert copy is not activation and torch.equal(copy, activation)
+    assert bool(torch.isfinite(gradient).all()) and float(gradient.abs().max()) > 0
 
 
 def test_a_flux_transformer_is_differentiated_through_comfyuis_own_forward(pack_nodes):

@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+import comfy.hooks
 import comfy.utils
 from invedit.inversion.null_text import NullTextConfig
 from invedit.nodes.unconditioning_nodes import PREVIEW_INTERVAL_S, NullTextProgress
@@ -141,3 +142,10 @@ def test_the_node_sends_its_last_preview(pack_nodes, two_prompts):
     assert len(hook.updates) >= record.steps * SETTINGS["inner_steps"]  # the bar moves on every Adam step
     assert previews[-1] == len(hook.updates) - 1
     assert len(previews) <= elapsed / PREVIEW_INTERVAL_S + 2
+
+
+def test_a_prompt_with_hooks_is_refused(pack_nodes, two_prompts):
+    model, prompts, record = two_prompts
+    hooked = record.with_changes(positive=[[prompts, {"hooks": comfy.hooks.HookGroup()}]])
+    with pytest.raises(ValueError, match="carries hooks.*Load LoRA"):
+        null_text(pack_nodes, model, hooked)
