@@ -267,15 +267,17 @@ def run_plain_loop(model, record, positive, negative, spec: Spec):
         return tensor if tensor.untyped_storage().data_ptr() in weight_storages else tensor.clone()
 
     saved_copies = torch.autograd.graph.saved_tensors_hooks(keep_copy, lambda tensor: tensor)
-    contexts, adam_steps = [], 0
+    # float16 weights: PyTorch's own dynamic loss scaling, as a float16 training loop uses it.
+    scaler = torch.amp.GradScaler(device.type, enabled=base.get_dtype() == torch.float16)
+    contexts = []
     started = time.perf_counter()
     with saved_copies if spec.family == "flux" else contextlib.nullcontext():
-        x, adam_steps = _plain_steps(denoise, model_scale, x, sigmas, targets, source, context, spec, contexts)
+        adam_steps = _plain_steps(denoise, model_scale, scaler, x, sigmas, targets, source, context, spec, contexts)
     return torch.stack(contexts), time.perf_counter() - started, adam_steps
 
 
-def _plain_steps(denoise, model_scale, x, sigmas, targets, source, context, spec: Spec, contexts: list):
-    """The loop of :func:`run_plain_loop`; appends each step's context to ``contexts``."""
+def _plain_steps(denoise, model_scale, scaler, x, sigmas, targets, source, context, spec: Spec, contexts: list) -> int:
+    """The loop of :func:`run_plain_loop`; appends each step's context to ``contexts``; its Adam steps."""
     import torch
 
     adam_steps = 0
@@ -291,15 +293,16 @@ def _plain_steps(denoise, model_scale, x, sigmas, targets, source, context, spec
             x_next = x + (x - x0) / sigma * (sigma_next - sigma)
             loss = torch.nn.functional.mse_loss(x_next * model_scale(sigma_next), targets[step] * model_scale(sigma_next))
             optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             adam_steps += 1
         with torch.no_grad():
             x0_empty = denoise(x, sigma, context)
             x0 = x0_empty + (x0_source - x0_empty) * GUIDANCE
             x = x + (x - x0) / sigma * (sigma_next - sigma)
         contexts.append(context.detach().cpu())
-    return x, adam_steps
+    return adam_steps
 
 
 RUNNERS = {"sampling": run_sampling, "pack": run_pack, "plain loop": run_plain_loop, COPIES: run_copies}
@@ -350,19 +353,35 @@ def _child(args) -> None:
     print("RESULT " + json.dumps(results), flush=True)
 
 
-def spawn(model: str, cases: list[str], dtype: str, threads: int, out_dir: str | None = None,
-          repeats: int = 1) -> list[dict]:
-    """Run ``cases`` one after the other in a fresh process (see the module docstring); their results."""
+def _start(model: str, cases: list[str], dtype: str, threads: int, out_dir: str | None, repeats: int) -> subprocess.Popen:
     command = [sys.executable, str(Path(__file__).resolve()), "--case", ",".join(cases), "--model", model,
                "--dtype", dtype, "--threads", str(threads), "--repeats", str(repeats)] + \
         (["--out", out_dir] if out_dir else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONSAFEPATH="1",
                MALLOC_MMAP_THRESHOLD_=MALLOC_RETURN_THRESHOLD)
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    for line in done.stdout.splitlines():
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _finish(process: subprocess.Popen, what: str) -> list[dict]:
+    stdout, stderr = process.communicate()
+    for line in stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
-    raise RuntimeError(f"{model} / {cases} / {dtype} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    raise RuntimeError(f"{what} failed:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+
+
+def spawn(model: str, cases: list[str], dtype: str, threads: int, out_dir: str | None = None,
+          repeats: int = 1) -> list[dict]:
+    """Run ``cases`` one after the other in a fresh process (see the module docstring); their results."""
+    return _finish(_start(model, cases, dtype, threads, out_dir, repeats), f"{model} / {cases} / {dtype}")
+
+
+def spawn_side_by_side(model: str, cases: list[str], dtype: str, threads: int, out_dir: str | None = None,
+                       repeats: int = 1) -> list[dict]:
+    """Each case in its own process, all started at once (they meet the same load on a shared
+    machine; each process measures its own memory); one result per case."""
+    processes = [_start(model, [case], dtype, threads, out_dir, repeats) for case in cases]
+    return [_finish(process, f"{model} / {case} / {dtype}")[0] for process, case in zip(processes, cases)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,24 +392,47 @@ def _per_step(result: dict) -> float | None:
     return result["seconds"] / result["adam_steps"] if result["adam_steps"] else None
 
 
-def measure(model: str, dtype: str, threads: list[int], cases: list[str], repeats: int) -> list[dict]:
+PAIRED = ("pack", "plain loop")
+
+
+def _groups(cases: list[str], first_thread_count: bool, side_by_side: bool) -> list[list[str]]:
+    """The cases to run at one thread count, grouped by process start (a group starts together).
+
+    The weight-copy control and sampling (memory only) run at the first thread count only; with
+    ``side_by_side`` the pack and the plain loop start together.
+    """
+    wanted = [case for case in cases if first_thread_count or case not in ("sampling", COPIES)]
+    if not side_by_side:
+        return [[case] for case in wanted]
+    groups: list[list[str]] = []
+    for case in wanted:
+        if case in PAIRED and groups and groups[-1][0] in PAIRED:
+            groups[-1].append(case)
+        else:
+            groups.append([case])
+    return groups
+
+
+def measure(model: str, dtype: str, threads: list[int], cases: list[str], repeats: int,
+            side_by_side: bool = False) -> list[dict]:
     """Every case at every thread count, one process each, the cases of one thread count in a row
     (so that pack and plain loop meet the same load on a shared machine); memory from the first
-    thread count; the weight-copy control and sampling (memory only) at the first thread count only."""
+    thread count."""
     import torch
 
-    rows = {case: {"model": model, "dtype": dtype, "case": case, "per_step": {}} for case in cases}
+    rows = {case: {"model": model, "dtype": dtype, "case": case, "per_step": dict.fromkeys(threads)}
+            for case in cases}
     with tempfile.TemporaryDirectory() as folder:
         for index, count in enumerate(threads):
-            for case in cases:
-                if index > 0 and case in ("sampling", COPIES):
-                    rows[case]["per_step"][count] = None
-                    continue
-                (result,) = spawn(model, [case], dtype, count, folder, 1 if case == "sampling" else repeats)
-                print(json.dumps({"model": model, **result}), flush=True)
-                rows[case]["per_step"][count] = _per_step(result)
-                for key in ("peak_increase", "parameters", "weight_bytes"):
-                    rows[case].setdefault(key, result[key])
+            for group in _groups(cases, index == 0, side_by_side):
+                runs = 1 if group == ["sampling"] else repeats
+                results = spawn_side_by_side(model, group, dtype, count, folder, runs) if len(group) > 1 else \
+                    spawn(model, group, dtype, count, folder, runs)
+                for case, result in zip(group, results):
+                    print(json.dumps({"model": model, **result}), flush=True)
+                    rows[case]["per_step"][count] = _per_step(result)
+                    for key in ("peak_increase", "parameters", "weight_bytes"):
+                        rows[case].setdefault(key, result[key])
         contexts = {case: torch.load(Path(folder) / f"{case}.pt") for case in cases
                     if (Path(folder) / f"{case}.pt").exists()}
     if "plain loop" in contexts:
@@ -418,6 +460,19 @@ def table(rows: list[dict], threads: list[int]) -> list[str]:
     return lines
 
 
+def _plan(args) -> list[tuple[str, str, list[int]]]:
+    """``(model, dtype, thread counts)`` to measure: Flux in float32 and bfloat16, the others in ``--dtypes``."""
+    plan = []
+    for model in args.models.split(","):
+        if model == "flux":
+            plan += [(model, dtype, [int(t) for t in args.flux_threads.split(",")]) for dtype in ("float32", "bfloat16")]
+        else:
+            plan += [(model, dtype, [int(t) for t in args.threads.split(",")]) for dtype in args.dtypes.split(",")]
+    if args.gpu:
+        plan.append(("sd15-gpu", "float16", [1]))
+    return plan
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="sd15,flux")
@@ -427,6 +482,8 @@ def main() -> None:
     parser.add_argument("--with-copies", action="store_true")
     parser.add_argument("--gpu", action="store_true", help="also sd15 on CUDA at 512x512 in float16")
     parser.add_argument("--repeats", type=int, default=2, help="runs per case; the fastest counts")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="start the pack and the plain loop at the same time (a shared machine)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
@@ -437,26 +494,19 @@ def main() -> None:
         _child(args)
         return
     cases = list(CASES) + ([COPIES] if args.with_copies else [])
-    sections = []
-    plan = []
-    for model in args.models.split(","):
-        if model == "flux":
-            plan += [(model, dtype, [int(t) for t in args.flux_threads.split(",")]) for dtype in ("float32", "bfloat16")]
-        else:
-            plan += [(model, dtype, [int(t) for t in args.threads.split(",")]) for dtype in args.dtypes.split(",")]
-    if args.gpu:
-        plan.append(("sd15-gpu", "float16", [1]))
+    sections: list[str] = []
     header = [
         "# Null-text cost against a plain optimisation loop (benchmarks/null_text_cost.py)",
         "",
         f"Guidance {GUIDANCE}, Adam lr {LEARNING_RATE}, `after step`, early stop 0 (every Adam step runs); each case in "
         "its own process after a DDIM inversion that loads the model. Peak memory: above the loaded model while the "
         "case runs (resident set on the CPU), first run. s / Adam step: the whole optimisation over its Adam steps, "
-        f"fastest of {args.repeats} runs (a shared 2-core machine). Goals "
+        f"fastest of {args.repeats} runs (a shared 2-core machine"
+        f"{'; the pack and the plain loop ran side by side, started together' if args.side_by_side else ''}). Goals "
         f"(SD1.5, CPU): memory <= {MEMORY_GOAL}x and time <= {TIME_GOAL}x the plain loop's.",
     ]
-    for model, dtype, threads in plan:
-        lines = table(measure(model, dtype, threads, cases, args.repeats), threads)
+    for model, dtype, threads in _plan(args):
+        lines = table(measure(model, dtype, threads, cases, args.repeats, args.side_by_side), threads)
         print("\n".join(lines), flush=True)
         sections += ["", *lines]
         RESULTS.write_text("\n".join(header + sections) + "\n")

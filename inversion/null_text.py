@@ -279,6 +279,7 @@ class _StepProblem:
 
 
 def _check_finite(losses: list[float], step: int) -> None:
+    """Raise :class:`NonFiniteLossError` unless every image's loss is finite."""
     if not all(math.isfinite(value) for value in losses):
         raise NonFiniteLossError(
             f"The null-text loss of sampling step {step} is {losses}: the model's output is not finite."
