@@ -29,11 +29,20 @@ Two stopping rules:
   lands on the trajectory, and a step never lands worse than its warm start (a fresh Adam's
   first moves are about ``lr`` per coordinate whatever the gradient, and can overshoot).
 
-The optimisation works in float32 whatever the context's dtype.
+Batches: every image is optimised on its own, as the reference optimises one image at a time.
+Each has its own loss (the mean over its own latent), its own Adam state, its own stop and its
+own best context; one batched model call evaluates the images still optimising, and an image
+that stopped is neither evaluated nor moved again, so its result is the one it gets alone.
+
+Precision: the contexts and Adam's state are float32 whatever the model computes in; the
+denoiser may compute in float16 or bfloat16 (the context is cast on its way in and the gradient
+comes back in float32), the loss is float32. A float16 model needs dynamic loss scaling
+(:mod:`.loss_scaling`) so that its small gradients do not underflow.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -41,6 +50,7 @@ from typing import Callable, Optional
 import torch
 
 from .levels import as_ascending_levels
+from .loss_scaling import DynamicLossScale, loss_gradients
 from .process import DDPM, DiffusionProcess
 from .steps import denoising_step
 
@@ -48,10 +58,14 @@ CondDenoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(x [B,C,H,W], sigma [B]) -> x0 [B,C,H,W]`` with the source prompt (no gradient needed)."""
 
 UncondDenoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``(x [B,C,H,W], sigma [B], context [B or 1, L, D]) -> x0 [B,C,H,W]``, differentiable in context."""
+"""``(x [R,C,H,W], sigma [R], context [R, L, D]) -> x0 [R,C,H,W]``, differentiable in context.
+
+``R`` is the number of images still optimising (any subset of the batch, in batch order)."""
 
 ProgressCallback = Callable[[dict], None]
-"""Called after every loss evaluation with keys step, inner, loss, threshold, gradient_steps."""
+"""Called after every batched loss evaluation, before its Adam steps, with keys step, inner,
+loss (mean over the images evaluated), image_losses, images (their batch indices), threshold and
+gradient_steps (batched Adam iterations so far)."""
 
 STOP_AFTER_STEP = "after step"
 STOP_BEFORE_STEP = "before step"
@@ -109,29 +123,52 @@ class NullTextConfig:
 class NullTextResult:
     """What the optimisation produced.
 
+    Every image of a batch is optimised on its own (see the module docstring); the per-step
+    lists summarise the batch and the ``image_*`` lists hold each image's own figures.
+
     Attributes:
-        step_contexts: ``[N, B, L, D]`` float32 unconditional context of each sampling step.
-        losses: ``[N]`` the last loss evaluated in each step (the value tested against the bound).
-        landing_losses: ``[N]`` loss of the step actually taken with the stored context.
-        gradient_steps: ``[N]`` Adam steps taken in each step.
+        step_contexts: ``[N, B, L, D]`` float32 unconditional context of each sampling step and image.
+        losses: ``[N]`` mean over the images of the last loss each evaluated in the step (the
+            value it tested against the bound).
+        landing_losses: ``[N]`` mean over the images of the loss of the step actually taken with
+            the stored context (the batch's mean squared error).
+        gradient_steps: ``[N]`` batched Adam iterations of each step (the most any image took).
+        image_losses, image_landing_losses: ``[N][B]`` the same losses per image.
+        image_gradient_steps: ``[N][B]`` Adam steps each image took.
         cond_evaluations, uncond_evaluations: denoiser calls made (each call is one batch).
         seconds: wall time of the whole optimisation.
         final_state: ``[B, C, H, W]`` the state reached after the last step.
+        loss_scale: the final dynamic loss scale (None: no loss scaling).
+        loss_scale_overflows: backward passes redone with a smaller loss scale.
     """
 
     step_contexts: torch.Tensor
     losses: list[float] = field(default_factory=list)
     landing_losses: list[float] = field(default_factory=list)
     gradient_steps: list[int] = field(default_factory=list)
+    image_losses: list[list[float]] = field(default_factory=list)
+    image_landing_losses: list[list[float]] = field(default_factory=list)
+    image_gradient_steps: list[list[int]] = field(default_factory=list)
     cond_evaluations: int = 0
     uncond_evaluations: int = 0
     seconds: float = 0.0
     final_state: Optional[torch.Tensor] = None
+    loss_scale: Optional[float] = None
+    loss_scale_overflows: int = 0
 
     @property
     def total_gradient_steps(self) -> int:
-        """Adam steps over all sampling steps (the reference's cost driver)."""
+        """Batched Adam iterations over all sampling steps (the reference's cost driver)."""
         return sum(self.gradient_steps)
+
+    def add_step(self, last_losses: list[float], landing_losses: list[float], steps_taken: list[int]) -> None:
+        """Record the figures of one sampling step, one value per image."""
+        self.image_losses.append(last_losses)
+        self.image_landing_losses.append(landing_losses)
+        self.image_gradient_steps.append(steps_taken)
+        self.losses.append(sum(last_losses) / len(last_losses))
+        self.landing_losses.append(sum(landing_losses) / len(landing_losses))
+        self.gradient_steps.append(max(steps_taken))
 
     def report(self) -> dict:
         """JSON-able summary for the INVERSION record and the node's report."""
@@ -140,10 +177,19 @@ class NullTextResult:
             "landing_losses": [float(v) for v in self.landing_losses],
             "gradient_steps": [int(v) for v in self.gradient_steps],
             "total_gradient_steps": self.total_gradient_steps,
+            "image_losses": [[float(v) for v in row] for row in self.image_losses],
+            "image_landing_losses": [[float(v) for v in row] for row in self.image_landing_losses],
+            "image_gradient_steps": [[int(v) for v in row] for row in self.image_gradient_steps],
             "cond_evaluations": self.cond_evaluations,
             "uncond_evaluations": self.uncond_evaluations,
             "seconds": float(self.seconds),
+            "loss_scale": self.loss_scale,
+            "loss_scale_overflows": self.loss_scale_overflows,
         }
+
+
+class NonFiniteLossError(ValueError):
+    """The landing loss is inf or NaN: the model's forward pass overflowed."""
 
 
 def guided_step(x: torch.Tensor, x0_uncond: torch.Tensor, x0_cond: torch.Tensor, guidance: float,
@@ -157,89 +203,210 @@ def guided_step(x: torch.Tensor, x0_uncond: torch.Tensor, x0_cond: torch.Tensor,
     return denoising_step(x, x0_guided, sigma, sigma_next)
 
 
-def landing_loss(x_next: torch.Tensor, target: torch.Tensor, sigma_next: torch.Tensor,
-                 process: DiffusionProcess = DDPM) -> torch.Tensor:
-    """Mean squared error between two states at ``sigma_next``, on the model scale, in float32."""
-    diff = process.to_model_scale(x_next.float() - target.float(), sigma_next.float())
-    return diff.pow(2).mean()
+def image_landing_losses(x_next: torch.Tensor, target: torch.Tensor, sigma_next: torch.Tensor,
+                         process: DiffusionProcess = DDPM) -> torch.Tensor:
+    """``[B]`` mean squared error of each image's state against its target at ``sigma_next``.
 
-
-def _optimise_step(uncond: UncondDenoiser, x: torch.Tensor, x0_cond: torch.Tensor, context: torch.Tensor,
-                   target: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, step: int,
-                   config: NullTextConfig, result: NullTextResult, callback: Optional[ProgressCallback],
-                   process: DiffusionProcess) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
-    """Adam on the context of one sampling step.
-
-    Returns ``(context, x_next or None, last loss)``. With ``"before step"``, ``x_next`` is the
-    step taken with the returned context, which is the best one evaluated (the last context
-    after the final Adam step is evaluated too); with ``"after step"`` it is None and the
-    returned context is the one after the last Adam step, as in the reference.
+    Measured on the model scale, in float32 (``x_next``, ``target``: ``[B, C, ...]``).
     """
-    sigma_batch = sigma * x.new_ones([x.shape[0]])
-    threshold = config.step_threshold(step)
-    learning_rate = config.step_learning_rate(step)
-    keep_best = config.stop_check == STOP_BEFORE_STEP
-    context = context.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([context], lr=learning_rate)
-    last_loss, steps_taken = float("nan"), 0
+    diff = process.to_model_scale(x_next.float() - target.float(), sigma_next.float())
+    return diff.pow(2).flatten(1).mean(1)
+
+
+@dataclass
+class _ImageSearch:
+    """One image's optimisation in one sampling step: its own context, Adam state and stop.
+
+    Attributes:
+        context: ``[1, L, D]`` float32 leaf being optimised.
+        optimizer: Adam over ``context`` alone (its moments never see another image).
+        steps_taken: Adam steps taken.
+        last_loss: the last loss evaluated.
+        best: ``(loss, context [1, L, D], x_next [1, ...])`` of the best context evaluated
+            (kept for ``"before step"`` only).
+        done: stopped; it is evaluated and moved no more.
+    """
+
+    context: torch.Tensor
+    optimizer: torch.optim.Adam
+    steps_taken: int = 0
+    last_loss: float = float("nan")
     best: Optional[tuple[float, torch.Tensor, torch.Tensor]] = None
+    done: bool = False
+
+    @classmethod
+    def start(cls, context: torch.Tensor, learning_rate: float) -> "_ImageSearch":
+        """A search from ``context [1, L, D]`` (a float32 copy becomes the leaf)."""
+        leaf = context.detach().float().clone().requires_grad_(True)
+        return cls(leaf, torch.optim.Adam([leaf], lr=learning_rate))
+
+    def consider(self, loss: float, context: torch.Tensor, x_next: torch.Tensor) -> None:
+        """Keep ``(loss, context, x_next)`` if it is the best evaluated so far."""
+        if self.best is None or loss < self.best[0]:
+            self.best = (loss, context.detach().clone(), x_next.detach())
+
+    def adam_step(self, gradient: torch.Tensor) -> None:
+        """One Adam step of this image's context along ``gradient``."""
+        self.context.grad = gradient
+        self.optimizer.step()
+        self.context.grad = None
+        self.steps_taken += 1
+
+
+@dataclass(frozen=True)
+class _StepProblem:
+    """What every evaluation of one sampling step shares (all ``[B, ...]`` over the whole batch)."""
+
+    uncond: UncondDenoiser
+    x: torch.Tensor
+    x0_cond: torch.Tensor
+    target: torch.Tensor
+    sigma: torch.Tensor
+    sigma_next: torch.Tensor
+    step: int
+    config: NullTextConfig
+    process: DiffusionProcess
+
+    def landing(self, rows: list[int], context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_next [R, ...], losses [R])`` of images ``rows`` with contexts ``[R, L, D]`` (one batched call)."""
+        index = torch.tensor(rows, device=self.x.device)
+        x = self.x.index_select(0, index)
+        x0_uncond = self.uncond(x, self.sigma * x.new_ones([len(rows)]), context)
+        x_next = guided_step(x, x0_uncond, self.x0_cond.index_select(0, index), self.config.guidance,
+                             self.sigma, self.sigma_next)
+        losses = image_landing_losses(x_next, self.target.index_select(0, index), self.sigma_next, self.process)
+        return x_next, losses
+
+
+def _check_finite(losses: list[float], step: int) -> None:
+    """Raise :class:`NonFiniteLossError` unless every image's loss is finite."""
+    if not all(math.isfinite(value) for value in losses):
+        raise NonFiniteLossError(
+            f"The null-text loss of sampling step {step} is {losses}: the model's output is not finite."
+        )
+
+
+def _search_iteration(problem: _StepProblem, searches: list[_ImageSearch], inner: int,
+                      result: NullTextResult, callback: Optional[ProgressCallback],
+                      loss_scale: Optional[DynamicLossScale]) -> None:
+    """One batched evaluation of the images still searching, then an Adam step for each that goes on.
+
+    Runs in its own frame so the autograd graph is freed when it returns.
+    """
+    config, threshold = problem.config, problem.config.step_threshold(problem.step)
+    keep_best = config.stop_check == STOP_BEFORE_STEP
+    active = [image for image, search in enumerate(searches) if not search.done]
+    context = torch.cat([searches[image].context for image in active])
+    x_next, losses = problem.landing(active, context)
+    result.uncond_evaluations += 1
+    values = [float(value) for value in losses.detach().cpu()]
+    _check_finite(values, problem.step)
+    if callback is not None:
+        callback({"step": problem.step, "inner": inner, "loss": sum(values) / len(values), "image_losses": values,
+                  "images": active, "threshold": threshold,
+                  "gradient_steps": result.total_gradient_steps + max(s.steps_taken for s in searches)})
+    stepping = []
+    for row, image in enumerate(active):
+        search = searches[image]
+        search.last_loss = values[row]
+        below = values[row] < threshold
+        if keep_best:
+            search.consider(values[row], context[row:row + 1], x_next[row:row + 1])
+        search.done = below
+        if not (below and keep_best):
+            stepping.append(row)
+    if not stepping:
+        return
+    gradients = loss_gradients(losses[stepping].sum(), [searches[active[row]].context for row in stepping], loss_scale)
+    for row, gradient in zip(stepping, gradients):
+        searches[active[row]].adam_step(gradient)
+
+
+def _keep_better_last_contexts(problem: _StepProblem, searches: list[_ImageSearch],
+                               result: NullTextResult) -> None:
+    """``"before step"``: evaluate the context after each image's final Adam step, keep it if better."""
+    threshold = problem.config.step_threshold(problem.step)
+    pending = [image for image, search in enumerate(searches)
+               if search.best is not None and search.best[0] >= threshold and search.steps_taken > 0]
+    if not pending:
+        return
+    context = torch.cat([searches[image].context.detach() for image in pending])
+    with torch.no_grad():
+        x_next, losses = problem.landing(pending, context)
+    result.uncond_evaluations += 1
+    for row, image in enumerate(pending):
+        searches[image].consider(float(losses[row]), context[row:row + 1], x_next[row:row + 1])
+
+
+def _optimise_step(problem: _StepProblem, contexts: torch.Tensor, result: NullTextResult,
+                   callback: Optional[ProgressCallback], loss_scale: Optional[DynamicLossScale]
+                   ) -> tuple[torch.Tensor, Optional[torch.Tensor], list[float], list[int]]:
+    """Adam on each image's context for one sampling step.
+
+    Args:
+        contexts: ``[B, L, D]`` the contexts the step starts from (the previous step's).
+
+    Returns:
+        ``(contexts [B, L, D], x_next [B, ...] or None, last loss per image, Adam steps per image)``.
+        With ``"before step"``, ``x_next`` is the step taken with each image's returned context,
+        the best it evaluated (its context after the final Adam step is evaluated too); with
+        ``"after step"`` (or nothing evaluated) it is None and the contexts are those after each
+        image's last Adam step, as in the reference.
+    """
+    config = problem.config
+    learning_rate = config.step_learning_rate(problem.step)
+    searches = [_ImageSearch.start(contexts[image:image + 1], learning_rate) for image in range(contexts.shape[0])]
     inner_steps = config.inner_steps if learning_rate > 0 else 0
     for inner in range(inner_steps):
-        x0_uncond = uncond(x, sigma_batch, context)
-        result.uncond_evaluations += 1
-        x_next = guided_step(x, x0_uncond, x0_cond, config.guidance, sigma, sigma_next)
-        loss = landing_loss(x_next, target, sigma_next, process)
-        last_loss = float(loss.detach())
-        below = last_loss < threshold
-        if callback is not None:
-            callback({"step": step, "inner": inner, "loss": last_loss, "threshold": threshold,
-                      "gradient_steps": result.total_gradient_steps + steps_taken})
-        if keep_best and (best is None or last_loss < best[0]):
-            best = (last_loss, context.detach().clone(), x_next.detach())
-        if below and keep_best:
+        if all(search.done for search in searches):
             break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        steps_taken += 1
-        if below:
-            break
-    result.gradient_steps.append(steps_taken)
-    if best is None:
-        return context.detach(), None, last_loss
-    if best[0] >= threshold and steps_taken > 0:
-        with torch.no_grad():
-            x0_uncond = uncond(x, sigma_batch, context)
-        result.uncond_evaluations += 1
-        x_next = guided_step(x, x0_uncond, x0_cond, config.guidance, sigma, sigma_next)
-        final_loss = float(landing_loss(x_next, target, sigma_next, process))
-        if final_loss < best[0]:
-            best = (final_loss, context.detach().clone(), x_next.detach())
-    return best[1], best[2], last_loss
+        _search_iteration(problem, searches, inner, result, callback, loss_scale)
+    last_losses = [search.last_loss for search in searches]
+    steps_taken = [search.steps_taken for search in searches]
+    if config.stop_check != STOP_BEFORE_STEP or inner_steps == 0:
+        return torch.cat([search.context.detach() for search in searches]), None, last_losses, steps_taken
+    _keep_better_last_contexts(problem, searches, result)
+    best_contexts = torch.cat([search.best[1] for search in searches])
+    best_states = torch.cat([search.best[2] for search in searches])
+    return best_contexts, best_states, last_losses, steps_taken
+
+
+def per_image_contexts(initial_context: torch.Tensor, batch: int) -> torch.Tensor:
+    """``[B, L, D]`` float32: one context row per image (a ``[1, L, D]`` context is repeated)."""
+    if initial_context.ndim != 3 or initial_context.shape[0] not in (1, batch):
+        raise ValueError(
+            f"initial_context must be [1 or {batch}, tokens, width] for a batch of {batch}, "
+            f"got {list(initial_context.shape)}."
+        )
+    return initial_context.detach().float().expand(batch, -1, -1).clone()
 
 
 def optimise_null_text(cond: CondDenoiser, uncond: UncondDenoiser, sigmas: torch.Tensor, targets: torch.Tensor,
                        x_noise: torch.Tensor, initial_context: torch.Tensor,
                        config: NullTextConfig = NullTextConfig(),
                        callback: Optional[ProgressCallback] = None,
-                       process: DiffusionProcess = DDPM) -> NullTextResult:
-    """Optimise one unconditional context per sampling step (null-text inversion).
+                       process: DiffusionProcess = DDPM,
+                       loss_scale: Optional[DynamicLossScale] = None) -> NullTextResult:
+    """Optimise one unconditional context per sampling step and image (null-text inversion).
 
     Args:
-        cond: the denoiser with the source prompt, ``(x, sigma) -> x0``.
-        uncond: the denoiser with a given unconditional context, differentiable in it.
+        cond: the denoiser with the source prompt, ``(x, sigma) -> x0``, called on the whole batch.
+        uncond: the denoiser with a given unconditional context, differentiable in it; called on
+            the images still optimising, ``(x [R, ...], sigma [R], context [R, L, D])``.
         sigmas: ``[N+1]`` the sampling schedule (either order; walked from high to low).
         targets: ``[N, B, C, H, W]`` the state each sampling step must land on
             (``InversionRecord.step_targets()``).
         x_noise: ``[B, C, H, W]`` the inverted noise at the highest level.
         initial_context: ``[B or 1, L, D]`` the context step 0 starts from (the empty prompt's
-            in the reference).
+            in the reference; one row per image, or one row for all).
         config: optimisation settings.
         callback: progress (also the place to raise for an interrupt).
         process: the model family's forward process (the scale the loss is measured on).
+        loss_scale: dynamic loss scaling for a model that computes in float16 (None: plain
+            gradients, for float32 and bfloat16).
 
     Returns:
-        :class:`NullTextResult` with ``step_contexts [N, B or 1, L, D]`` in float32.
+        :class:`NullTextResult` with ``step_contexts [N, B, L, D]`` in float32.
     """
     levels = as_ascending_levels(sigmas).flip(0).to(device=x_noise.device)
     n_steps = levels.numel() - 1
@@ -250,8 +417,8 @@ def optimise_null_text(cond: CondDenoiser, uncond: UncondDenoiser, sigmas: torch
         )
     started = time.perf_counter()
     result = NullTextResult(step_contexts=torch.empty(0))
-    context = initial_context.detach().float()
-    contexts: list[torch.Tensor] = []
+    contexts = per_image_contexts(initial_context, x_noise.shape[0]).to(x_noise.device)
+    step_contexts: list[torch.Tensor] = []
     x = x_noise.detach()
     for step in range(n_steps):
         sigma, sigma_next = levels[step], levels[step + 1]
@@ -259,18 +426,19 @@ def optimise_null_text(cond: CondDenoiser, uncond: UncondDenoiser, sigmas: torch
         with torch.no_grad():
             x0_cond = cond(x, sigma * x.new_ones([x.shape[0]])).detach()
         result.cond_evaluations += 1
-        context, x_next, last_loss = _optimise_step(uncond, x, x0_cond, context, target, sigma, sigma_next,
-                                                    step, config, result, callback, process)
+        problem = _StepProblem(uncond, x, x0_cond, target, sigma, sigma_next, step, config, process)
+        contexts, x_next, last_losses, steps_taken = _optimise_step(problem, contexts, result, callback, loss_scale)
         if x_next is None:
             with torch.no_grad():
-                x0_uncond = uncond(x, sigma * x.new_ones([x.shape[0]]), context)
+                x_next, _ = problem.landing(list(range(x.shape[0])), contexts)
             result.uncond_evaluations += 1
-            x_next = guided_step(x, x0_uncond, x0_cond, config.guidance, sigma, sigma_next)
-        contexts.append(context)
-        result.losses.append(last_loss)
-        result.landing_losses.append(float(landing_loss(x_next, target, sigma_next, process)))
+        landing = [float(value) for value in image_landing_losses(x_next, target, sigma_next, process).cpu()]
+        step_contexts.append(contexts)
+        result.add_step(last_losses, landing, steps_taken)
         x = x_next.detach()
-    result.step_contexts = torch.stack(contexts) if contexts else torch.empty(0)
+    result.step_contexts = torch.stack(step_contexts) if step_contexts else torch.empty(0)
     result.final_state = x
+    if loss_scale is not None:
+        result.loss_scale, result.loss_scale_overflows = loss_scale.scale, loss_scale.overflows
     result.seconds = time.perf_counter() - started
     return result

@@ -7,8 +7,11 @@ staying on the inverted trajectory (the guidance gap closed).
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
+from typing import Callable, Optional
 
+import torch
 from comfy_api.latest import io
 
 import comfy.utils
@@ -40,26 +43,64 @@ MAX_INNER_STEPS = 100
 
 DEFAULT_STOP_CHECK = STOP_BEFORE_STEP
 
+PREVIEW_INTERVAL_S = 0.5
+"""Null-text sends its loss-plot preview at most this often (seconds); the bar moves every Adam step."""
 
 
-class _NullTextProgress:
-    """Progress bar over all inner steps, with a preview plot of the loss per sampling step."""
+class NullTextProgress:
+    """Progress bar over all inner steps, with a preview plot of the loss per sampling step.
 
-    def __init__(self, n_steps: int, config: NullTextConfig):
+    The bar moves on every Adam step; the plot is drawn and sent at most once per
+    ``preview_interval`` seconds (a run makes hundreds of Adam steps a second on small models,
+    and each preview is an image sent to the browser), and :meth:`finish` always sends the last.
+    """
+
+    def __init__(self, n_steps: int, config: NullTextConfig, preview_interval: float = PREVIEW_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.n_steps = n_steps
         self.total = max(n_steps * config.inner_steps, 1)
         self.bar = comfy.utils.ProgressBar(self.total)
         self.losses: list[float] = []
+        self.preview_interval = preview_interval
+        self.clock = clock
+        self.last_preview: Optional[float] = None
+        self.unsent: Optional[tuple[int, str]] = None
 
     def __call__(self, info: dict) -> None:
         step = info["step"]
         del self.losses[step:]
         self.losses.append(info["loss"])
-        bounds = [self.config.step_threshold(i) for i in range(len(self.losses))]
         caption = f"step {step + 1}/{self.n_steps}  loss {info['loss']:.2e}  bound {info['threshold']:.1e}"
-        preview = progress_preview(loss_plot(self.losses, bounds, self.n_steps, caption))
-        self.bar.update_absolute(step * self.config.inner_steps + info["inner"] + 1, self.total, preview)
+        value = step * self.config.inner_steps + info["inner"] + 1
+        now = self.clock()
+        if self.last_preview is not None and now - self.last_preview < self.preview_interval:
+            self.unsent = (value, caption)
+            self.bar.update_absolute(value, self.total)
+            return
+        self.last_preview, self.unsent = now, None
+        self.bar.update_absolute(value, self.total, self._preview(caption))
+
+    def finish(self) -> None:
+        """Send the preview of the last loss if it was held back."""
+        if self.unsent is not None:
+            value, caption = self.unsent
+            self.unsent = None
+            self.bar.update_absolute(value, self.total, self._preview(caption))
+
+    def _preview(self, caption: str):
+        bounds = [self.config.step_threshold(i) for i in range(len(self.losses))]
+        return progress_preview(loss_plot(self.losses, bounds, self.n_steps, caption))
+
+
+def start_contexts(start: torch.Tensor, batch: int) -> torch.Tensor:
+    """``[batch, L, D]`` float32 start contexts: each image its own row of ``start``, or its one row."""
+    if start.shape[0] not in (1, batch):
+        raise InvEditInputError(
+            f"The source prompt holds {start.shape[0]} prompts but the inversion has {batch} images: give one "
+            "prompt, or one per image."
+        )
+    return start.float().expand(batch, -1, -1).clone()
 
 
 def _report_text(method: str, report: dict, steps: int) -> str:
@@ -131,15 +172,17 @@ class NullTextInversion(io.ComfyNode):
         template = negative if negative is not None else inversion.negative
         empty_context, _ = single_entry(template, "negative (empty) prompt")
         source_context, _ = single_entry(inversion.positive, "inversion's source prompt")
-        start = source_context if start_from == START_SOURCE else empty_context
+        start = source_context if start_from == START_SOURCE else empty_context[:1]
         if start.shape[-1] != empty_context.shape[-1]:
             raise InvEditInputError("The source and empty prompts come from different text encoders: use one CLIP.")
         batch = inversion.trajectory.noise.shape[0]
-        initial = start[:1].float().expand(batch, -1, -1).clone()
+        initial = start_contexts(start, batch)
         config = NullTextConfig(guidance=guidance, inner_steps=inner_steps, learning_rate=learning_rate,
                                 learning_rate_decay=learning_rate_decay, early_stop=early_stop,
                                 early_stop_growth=early_stop_growth, stop_check=stop_check)
-        result = run_null_text(model, inversion, template, initial, config, _NullTextProgress(inversion.steps, config))
+        progress = NullTextProgress(inversion.steps, config)
+        result = run_null_text(model, inversion, template, initial, config, progress)
+        progress.finish()
         report = {**result.report(), "start_from": start_from}
         record = inversion.with_changes(
             unconditioning=Unconditioning(METHOD_NULL_TEXT, template, result.step_contexts.cpu(), report),

@@ -189,3 +189,112 @@ def test_pinned_rows_follow_the_trajectory_and_others_are_untouched(problem):
     plain_edit = replay(lambda x, s: denoiser(x, s, edit_context), levels, trajectory.noise)
     assert torch.equal(out[1:], plain_edit)
     assert float((out[1:] - x_clean).abs().max()) > 1e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches: every image is optimised on its own (issue 12)
+
+BATCH = 3
+BATCH_RELATIVE_TOLERANCE = 1e-4
+
+
+def relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((result - reference).abs().max() / reference.abs().max())
+
+
+@pytest.fixture
+def batch_problem():
+    """A batch of 3 latents, each with its own source prompt, inverted at guidance 1 together.
+
+    Returns denoiser, levels, sources ``[3, L, D]``, empty ``[1, L, D]``, the batch trajectory.
+    """
+    denoiser = ContextDenoiser()
+    generator = torch.Generator().manual_seed(5)
+    sources = torch.randn(BATCH, TOKENS, WIDTH, generator=generator)
+    empty = sources[:1] + torch.randn(1, TOKENS, WIDTH, generator=generator) * EMPTY_OFFSET
+    x_clean = torch.randn(BATCH, *SHAPE[1:], generator=generator) * torch.tensor([0.3, 0.7, 1.2]).reshape(-1, 1, 1, 1)
+    levels = ddim_levels(STEPS, dtype=torch.float32)
+    trajectory = invert(lambda x, s: denoiser(x, s, sources), levels, x_clean, InversionConfig())
+    return denoiser, levels, sources, empty, trajectory
+
+
+def run_rows(denoiser, levels, trajectory, sources, initial, config, rows):
+    """The pack's optimisation of the images ``rows`` of the batch problem, as one batch."""
+    targets = trajectory.latents[:-1].flip(0)[:, rows]
+    return optimise_null_text(lambda x, s: denoiser(x, s, sources[rows]), denoiser, levels, targets,
+                              trajectory.noise[rows], initial, config)
+
+
+def coupled_null_text(denoiser, levels, trajectory, sources, initial, config):
+    """The rule issue 12 reported (a negative control): one loss for the whole batch, one Adam
+    over all its rows, one stop decision, ``"after step"`` order."""
+    sampling = levels.flip(0)
+    targets = trajectory.latents[:-1].flip(0)
+    x, context = trajectory.noise, initial.expand(BATCH, -1, -1).clone()
+    for step in range(STEPS):
+        sigma, sigma_next = sampling[step], sampling[step + 1]
+        sigma_b = sigma * x.new_ones([BATCH])
+        x0_cond = denoiser(x, sigma_b, sources)
+        context = context.detach().requires_grad_(True)
+        optimizer = torch.optim.Adam([context], lr=config.step_learning_rate(step))
+        for _ in range(config.inner_steps):
+            x0 = denoiser(x, sigma_b, context)
+            x_next = x + (x - (x0 + (x0_cond - x0) * GUIDANCE)) / sigma * (sigma_next - sigma)
+            loss = ((x_next - targets[step]) / (1 + sigma_next ** 2).sqrt()).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if float(loss.detach()) < config.step_threshold(step):
+                break
+        with torch.no_grad():
+            x0 = denoiser(x, sigma_b, context)
+            x = x + (x - (x0 + (x0_cond - x0) * GUIDANCE)) / sigma * (sigma_next - sigma)
+    return x
+
+
+@pytest.mark.parametrize("stop_check", ["after step", STOP_BEFORE_STEP])
+@pytest.mark.parametrize("start", ["empty prompt", "own source prompt"])
+def test_each_image_of_a_batch_gets_its_single_image_result(batch_problem, stop_check, start):
+    denoiser, levels, sources, empty, trajectory = batch_problem
+    config = NullTextConfig(early_stop=LOOSE_STOP, early_stop_growth=0.0, stop_check=stop_check)
+    initial = empty if start == "empty prompt" else sources
+    together = run_rows(denoiser, levels, trajectory, sources, initial, config, list(range(BATCH)))
+    # The test means something only if the images stop on different Adam steps.
+    assert any(len(set(steps)) > 1 for steps in together.image_gradient_steps), together.image_gradient_steps
+    for row in range(BATCH):
+        alone = run_rows(denoiser, levels, trajectory, sources, initial[row:row + 1] if initial.shape[0] > 1 else initial,
+                         config, [row])
+        assert [steps[0] for steps in alone.image_gradient_steps] == [steps[row] for steps in together.image_gradient_steps]
+        assert relative_error(together.step_contexts[:, row], alone.step_contexts[:, 0]) < BATCH_RELATIVE_TOLERANCE
+        assert relative_error(together.final_state[row], alone.final_state[0]) < BATCH_RELATIVE_TOLERANCE
+        assert together.image_landing_losses[-1][row] == pytest.approx(alone.landing_losses[-1], rel=1e-4)
+    # Negative controls: the coupled rule of issue 12, and every image starting from image 0's prompt.
+    coupled = coupled_null_text(denoiser, levels, trajectory, sources, initial[:1], config)
+    assert max(relative_error(coupled[row], together.final_state[row]) for row in range(BATCH)) > 1e-2
+    if start != "empty prompt":
+        first_prompt = run_rows(denoiser, levels, trajectory, sources, sources[:1], config, list(range(BATCH)))
+        assert relative_error(first_prompt.step_contexts[:, 1], together.step_contexts[:, 1]) > 1e-2
+
+
+def test_an_image_that_stopped_is_not_moved_again(batch_problem):
+    denoiser, levels, sources, empty, trajectory = batch_problem
+    config = NullTextConfig(early_stop=LOOSE_STOP, early_stop_growth=0.0, stop_check=STOP_BEFORE_STEP)
+    seen: list[dict] = []
+    run = optimise_null_text(lambda x, s: denoiser(x, s, sources), denoiser, levels,
+                             trajectory.latents[:-1].flip(0), trajectory.noise, empty, config,
+                             callback=lambda info: seen.append(info))
+    for step in range(STEPS):
+        evaluations = [info for info in seen if info["step"] == step]
+        for image in range(BATCH):
+            taken = run.image_gradient_steps[step][image]
+            evaluated = sum(image in info["images"] for info in evaluations)
+            # Evaluated once per Adam step, plus the evaluation that stopped it (or the last one).
+            assert evaluated == min(taken + 1, config.inner_steps)
+    assert [len(info["image_losses"]) for info in seen] == [len(info["images"]) for info in seen]
+
+
+def test_a_context_of_another_batch_size_is_refused(problem):
+    denoiser, levels, source, empty, _, trajectory = problem
+    with pytest.raises(ValueError, match="initial_context must be"):
+        optimise_null_text(lambda x, s: denoiser(x, s, source), denoiser, levels, trajectory.latents[:-1].flip(0),
+                           trajectory.noise, empty.expand(2, -1, -1))
