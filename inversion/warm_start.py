@@ -26,8 +26,8 @@ class WarmStartConfig:
 
     Attributes:
         steps: number ``k`` of replaced inversion steps.
-        fraction: alternatively, the fraction of the steps to replace (used when
-            ``steps`` is 0; the paper's default is 0.04, i.e. 2 of 50).
+        fraction: alternatively, the fraction of the steps to replace (the paper's default
+            is 0.04, i.e. 2 of 50). Set ``steps`` or ``fraction``, not both: both set is refused.
         seed: seed of the forward-diffusion noise; keep it different from the sampling seed.
     """
 
@@ -41,7 +41,7 @@ class WarmStartConfig:
         if not 0.0 <= self.fraction < 1.0:
             raise ValueError(f"warm start fraction must lie in [0, 1), got {self.fraction}.")
         if self.steps > 0 and self.fraction > 0.0:
-            raise ValueError("Set either the warm-start steps or the warm-start fraction, not both.")
+            raise ValueError("Set either the warm-start steps or the warm-start fraction, not both: set the other to 0.")
 
     def replaced_steps(self, n_steps: int) -> int:
         """Number ``k`` of replaced steps in an inversion of ``n_steps`` steps.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+import comfy.samplers
+
 from .errors import InvEditInputError
 from .fingerprint import architecture_fingerprint
 from .model_info import LATENT_PIXEL_RATIO, latent_channels, smallest_latent_side
@@ -125,7 +127,21 @@ def sampler_is_deterministic(sampler) -> bool:
 def sampler_name(sampler) -> str:
     """A SAMPLER's name as a user knows it (``euler_ancestral`` for ``sample_euler_ancestral``)."""
     function = getattr(sampler, "sampler_function", None)
-    return getattr(function, "__name__", type(sampler).__name__).removeprefix("sample_")
+    return _user_name(getattr(function, "__name__", type(sampler).__name__))
+
+
+def _user_name(function_name: str) -> str:
+    """KSamplerSelect's name for a sampler function (``dpm_fast`` for ``dpm_fast_function``)."""
+    return function_name.removeprefix("sample_").removesuffix("_function")
+
+
+DDIM_SAMPLER = "ddim"
+
+
+def deterministic_sampler_names() -> list[str]:
+    """KSamplerSelect's names of the stock samplers on the allow-list: ddim first, then in ComfyUI's order."""
+    names = [name for name in comfy.samplers.SAMPLER_NAMES if sampler_is_deterministic(comfy.samplers.sampler_object(name))]
+    return sorted(names, key=lambda name: name != DDIM_SAMPLER)
 
 
 def check_deterministic_sampler(sampler, what: str) -> None:
@@ -135,8 +151,8 @@ def check_deterministic_sampler(sampler, what: str) -> None:
     raise InvEditInputError(
         f"{what} replays an inversion deterministically, but the sampler {sampler_name(sampler)!r} adds fresh random "
         "noise at every step (or is not known to InvEdit as deterministic), so the result would leave the inverted "
-        "path. Pick a deterministic sampler in KSamplerSelect (ddim, euler, dpmpp_2m, heun, dpm_2, lms, ipndm, "
-        "deis, res_multistep, uni_pc), an ancestral or SDE sampler with eta 0, or InvEdit Replay Sampler."
+        f"path. Pick a deterministic sampler in KSamplerSelect ({', '.join(deterministic_sampler_names())}), an "
+        "ancestral or SDE sampler with eta 0, or InvEdit Replay Sampler."
     )
 
 

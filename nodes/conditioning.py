@@ -34,7 +34,8 @@ def negative_for(record, fallback) -> Any:
     if uncond is None:
         if fallback is None:
             raise InvEditInputError(
-                "This inversion has no null-text or negative-prompt unconditioning: connect a negative prompt."
+                "This inversion has no null-text or negative-prompt unconditioning: connect a negative prompt "
+                "(at cfg 1 none is needed)."
             )
         return fallback
     if uncond.step_contexts is None:

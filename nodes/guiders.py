@@ -50,6 +50,8 @@ class InversionGuider(comfy.samplers.CFGGuider):
 
     def __init__(self, model, record: InversionRecord, positive, negative=None, cfg: float = REFERENCE_GUIDANCE):
         check_inversion_model(model, record)
+        if negative is None and record.unconditioning is None and cfg == 1.0:
+            negative = positive  # never evaluated: at cfg 1 ComfyUI skips the unconditional branch
         negative = negative_for(record, negative)
         check_conditioning(model, positive, "positive")
         if cfg != 1.0:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 
 import comfy.samplers
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..inversion import SourcePin
 from ..inversion.record import InversionRecord, tensor_sha256
@@ -16,7 +17,7 @@ from .guiders import InversionGuider
 from .model_info import lowest_sigma
 from .options import inversion_config, inversion_option_inputs
 from .sampling import inversion_noise_latent, inversion_sampler, plain_guider, replay_sampler, sample_with_guider
-from .schedules import schedule
+from .schedules import schedule, steps_made_note
 from .sockets import CATEGORY_INVERSION, CATEGORY_SAMPLING, MAX_CFG, Inversion
 
 CLEAN_LEVEL_ZERO = "zero"
@@ -58,7 +59,9 @@ class DDIMInversion(io.ComfyNode):
                 io.Conditioning.Input("negative", tooltip="Only used when inversion_cfg is not 1."),
                 io.Latent.Input("latent", tooltip="The encoded image (VAE Encode)."),
                 io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=MAX_STEPS,
-                             tooltip="Inversion steps; reconstruct with the same number (50 is the reference)."),
+                             tooltip="Inversion steps; reconstruct with the same number (50 is the reference). "
+                                     "ddim_uniform makes more steps than asked when the number does not divide "
+                                     "1000 (31 for 30); the node then says so and records the steps made."),
                 io.Float.Input("inversion_cfg", default=1.0, min=0.0, max=MAX_CFG, step=0.1, round=0.01,
                                tooltip="Guidance while inverting. Keep 1 (the references do): inverting at 7.5 "
                                        "fails. Guidance for the edit is set on the sampler, separately."),
@@ -88,6 +91,7 @@ class DDIMInversion(io.ComfyNode):
         samples = check_latent(model, latent)
         config = inversion_config(model, **options)
         sigmas = _schedule_with_clean_level(model, scheduler, steps, clean_level)
+        steps_made = sigmas.numel() - 1
         sink: list = []
         guider = plain_guider(model, positive, negative, inversion_cfg)
         noise = sample_with_guider(guider, samples, inversion_sampler(config, sink), sigmas)
@@ -96,7 +100,7 @@ class DDIMInversion(io.ComfyNode):
             trajectory=trajectory,
             sampling_sigmas=trajectory.sigmas.flip(0).cpu(),
             settings={
-                "steps": steps, "scheduler": scheduler, "inversion_cfg": inversion_cfg,
+                "steps": steps_made, "steps_requested": steps, "scheduler": scheduler, "inversion_cfg": inversion_cfg,
                 "clean_level": clean_level, "timestep_rule": config.timestep_rule,
                 "v_conversion": config.v_conversion,
                 "prediction_type": config.prediction_type, "process": config.process,
@@ -109,7 +113,11 @@ class DDIMInversion(io.ComfyNode):
             positive=positive,
             negative=negative,
         )
-        return io.NodeOutput({"samples": noise}, record, record.sampling_sigmas.clone())
+        note = steps_made_note(scheduler, steps, steps_made)
+        if note is not None:
+            logging.warning("InvEdit DDIM Inversion: %s", note)
+        return io.NodeOutput({"samples": noise}, record, record.sampling_sigmas.clone(),
+                             ui=None if note is None else ui.PreviewText(note))
 
 
 class Reconstruct(io.ComfyNode):
@@ -136,7 +144,7 @@ class Reconstruct(io.ComfyNode):
                                        "text, the guidance it was optimised for)."),
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="Used only when the inversion carries no null-text or negative-prompt "
-                                              "unconditioning (which then takes its place)."),
+                                              "unconditioning (which then takes its place) and cfg is not 1."),
             ],
             outputs=[io.Latent.Output()],
         )

@@ -74,7 +74,7 @@ def inversion_option_inputs() -> list:
         io.Float.Input(
             "warm_start_fraction", default=0.0, min=0.0, max=0.5, step=0.01,
             tooltip="Alternative to warm_start_steps: the fraction of steps to replace (0.04 = 2 of 50). "
-                    "Used only when warm_start_steps is 0.",
+                    "Set this or warm_start_steps, not both (both non-zero stops with an error).",
         ),
         io.Int.Input("warm_start_seed", default=0, min=0, max=SEED_MAX, control_after_generate=False,
                      tooltip="Seed of the warm start's forward noise; different seeds give different "

@@ -92,7 +92,7 @@ class InversionGuiderNode(io.ComfyNode):
                                tooltip="Guidance; use the one null-text was optimised for."),
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="Only used when the inversion has no null-text / negative-prompt "
-                                              "unconditioning."),
+                                              "unconditioning, and cfg is not 1."),
             ],
             outputs=[io.Guider.Output()],
         )

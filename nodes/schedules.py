@@ -12,6 +12,10 @@ from .model_info import model_sampling
 SIGMA_MATCH_RTOL = 1e-4
 """Relative tolerance when pairing a model call's sigma with an inversion's sampling sigma."""
 
+DDIM_UNIFORM = "ddim_uniform"
+DDIM_TRAINING_STEPS = 1000
+"""The discrete schedule ddim_uniform spaces its timesteps over (``1000 // steps`` apart)."""
+
 
 def schedule(model, scheduler: str, steps: int) -> torch.Tensor:
     """ComfyUI's own descending sigmas for ``scheduler`` and ``steps`` (as KSampler makes them)."""
@@ -19,6 +23,25 @@ def schedule(model, scheduler: str, steps: int) -> torch.Tensor:
         raise InvEditInputError(f"Unknown scheduler {scheduler!r}; pick one of {comfy.samplers.SCHEDULER_NAMES}.")
     sigmas = comfy.samplers.calculate_sigmas(model_sampling(model), scheduler, steps)
     return sigmas.cpu().float()
+
+
+def steps_made_note(scheduler: str, requested: int, made: int) -> str | None:
+    """What to tell the user when ``scheduler`` made ``made`` steps for ``steps = requested`` (None if equal).
+
+    ComfyUI's ``ddim_uniform`` spaces timesteps ``1000 // steps`` apart from timestep 1: most numbers
+    that do not divide 1000 give more steps (31 for 30, 8 for 7), and every number above 500 gives 999.
+    """
+    if made == requested:
+        return None
+    note = (f"ComfyUI's {scheduler} scheduler gives {made} steps for steps = {requested}: the inversion made "
+            f"{made} steps and records steps {made} (steps_requested {requested}). A sampler with the same steps "
+            f"and scheduler makes the same {made}, so the reconstruction is unaffected.")
+    if scheduler == DDIM_UNIFORM and requested > DDIM_TRAINING_STEPS // 2:
+        note += f" It takes at most {made} steps (one per timestep); pick another scheduler for more."
+    elif scheduler == DDIM_UNIFORM:
+        note += (f" For exactly {requested} steps, pick a number of steps that divides {DDIM_TRAINING_STEPS} "
+                 "(10, 20, 25, 40, 50, 100) or another scheduler.")
+    return note
 
 
 def step_for_sigma(sigma: torch.Tensor, sampling_sigmas: torch.Tensor) -> int:

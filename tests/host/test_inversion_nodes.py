@@ -5,16 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+import comfy.samplers
 from invedit.nodes.options import option_defaults
 
+import tiny_models
 from tiny_models import ARCHS, ModelSnapshot
 
-STEPS = 50
+STEPS = tiny_models.ROUND_TRIP_STEPS
 OPTIONS = option_defaults()
-# Round-trip bound of invert -> stock KSamplerAdvanced at guidance 1 on the random-weight tiny
-# models, as max |error| / std(latent) (measured 0.004-0.03; random weights are far rougher
-# than a trained model, see the benchmark for trained-model figures).
-ROUND_TRIP_BOUND = 0.08
+# Round-trip bounds at STEPS steps: regression bands measured on the tiny models, each test with its
+# negative controls (the simple rule, the schedule shifted one step) beside it (tiny_models.ROUND_TRIP_BOUND).
+ROUND_TRIP_BOUND = tiny_models.ROUND_TRIP_BOUND
 
 
 def inversion_graph(graph, arch: str, **overrides):
@@ -41,17 +42,31 @@ def relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:
     return float((result - reference).abs().max() / reference.std())
 
 
+def shifted_replay(graph, model, positive, negative, noise_link, sigmas_link):
+    """Negative control: the inverted noise sampled along the inversion's sigmas shifted down one step
+    (SplitSigmas after the first level), i.e. taken for the state one level lower than it is."""
+    guider = graph.node("CFGGuider", model=model, positive=positive, negative=negative, cfg=1.0)
+    lower = graph.node("SplitSigmas", sigmas=sigmas_link, step=1).out(1)
+    return graph.node("SamplerCustomAdvanced", noise=graph.node("DisableNoise"), guider=guider,
+                      sampler=graph.node("KSamplerSelect", sampler_name="ddim"), sigmas=lower, latent_image=noise_link)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_invert_then_stock_ksampler_advanced_round_trips(graph, run_graph, arch):
     model, positive, negative, latent, inversion = inversion_graph(graph, arch)
+    _, _, _, _, simple = inversion_graph(graph, arch, timestep_rule="simple")
     graph.capture("source", latent)
     graph.capture("noise", inversion.out(0))
     graph.capture("stock", stock_reconstruction(graph, model, positive, negative, inversion.out(0)))
     graph.capture("ours", graph.node("InvEditReconstruct", model=model, positive=positive, negative=negative,
                                      inversion=inversion.out(1), cfg=1.0))
+    graph.capture("simple", stock_reconstruction(graph, model, positive, negative, simple.out(0)))
+    graph.capture("shifted", shifted_replay(graph, model, positive, negative, inversion.out(0), inversion.out(2)))
     result = run_graph(graph)
     source = result["source"]["samples"]
-    assert relative_error(result["stock"]["samples"], source) < ROUND_TRIP_BOUND
+    errors = {key: relative_error(result[key]["samples"], source) for key in ("stock", "simple", "shifted")}
+    bound = ROUND_TRIP_BOUND[arch]
+    assert errors["stock"] < bound < min(errors["simple"], errors["shifted"]), errors
     # With the clean level at 0 the pack's replay is the stock ddim sampler, bit for bit.
     assert torch.equal(result["ours"]["samples"], result["stock"]["samples"])
     # The noise is really noise-sized: sigma_max (about 14.6) in model units.
@@ -60,27 +75,32 @@ def test_invert_then_stock_ksampler_advanced_round_trips(graph, run_graph, arch)
 
 @pytest.mark.parametrize("arch", ["sd15", "sd15_v"])
 def test_sampler_path_equals_the_inversion_node(graph, run_graph, arch):
-    """InvEdit Inversion Sampler inside SamplerCustomAdvanced gives the node's noise exactly."""
+    """InvEdit Inversion Sampler inside SamplerCustomAdvanced gives the node's noise exactly; the
+    replay round-trips within the node's bound, which the sampler with the simple rule fails."""
     model, positive, negative, latent, inversion = inversion_graph(graph, arch)
     guider = graph.node("CFGGuider", model=model, positive=positive, negative=negative, cfg=1.0)
     sigmas = graph.node("BasicScheduler", model=model, scheduler="ddim_uniform", steps=STEPS, denoise=1.0)
-    sampler = graph.node("InvEditInversionSampler", **OPTIONS)
-    inverted = graph.node("SamplerCustomAdvanced", noise=graph.node("DisableNoise"), guider=guider,
-                          sampler=sampler, sigmas=sigmas, latent_image=latent)
-    replayed = graph.node("SamplerCustomAdvanced", noise=graph.node("DisableNoise"), guider=guider,
-                          sampler=graph.node("KSamplerSelect", sampler_name="ddim"), sigmas=sigmas,
-                          latent_image=inverted.out(0))
+    for rule in ("reference", "simple"):
+        sampler = graph.node("InvEditInversionSampler", **dict(OPTIONS, timestep_rule=rule))
+        inverted = graph.node("SamplerCustomAdvanced", noise=graph.node("DisableNoise"), guider=guider,
+                              sampler=sampler, sigmas=sigmas, latent_image=latent)
+        replayed = graph.node("SamplerCustomAdvanced", noise=graph.node("DisableNoise"), guider=guider,
+                              sampler=graph.node("KSamplerSelect", sampler_name="ddim"), sigmas=sigmas,
+                              latent_image=inverted.out(0))
+        graph.capture(f"{rule} noise", inverted.out(0))
+        graph.capture(f"{rule} replayed", replayed.out(0))
     graph.capture("node_noise", inversion.out(0))
-    graph.capture("sampler_noise", inverted.out(0))
-    graph.capture("replayed", replayed.out(0))
     graph.capture("source", latent)
     result = run_graph(graph)
-    assert torch.equal(result["sampler_noise"]["samples"], result["node_noise"]["samples"])
-    assert relative_error(result["replayed"]["samples"], result["source"]["samples"]) < ROUND_TRIP_BOUND
+    assert torch.equal(result["reference noise"]["samples"], result["node_noise"]["samples"])
+    errors = {rule: relative_error(result[f"{rule} replayed"]["samples"], result["source"]["samples"])
+              for rule in ("reference", "simple")}
+    assert errors["reference"] < ROUND_TRIP_BOUND[arch] < errors["simple"], errors
 
 
 def test_lowest_timestep_clean_level_is_replayed_exactly_by_the_sigmas_output(graph, run_graph):
     model, positive, negative, latent, inversion = inversion_graph(graph, "sd15", clean_level="lowest timestep")
+    _, _, _, _, simple = inversion_graph(graph, "sd15", clean_level="lowest timestep", timestep_rule="simple")
     guider = graph.node("CFGGuider", model=model, positive=positive, negative=negative, cfg=1.0)
     replayed = graph.node("SamplerCustomAdvanced", noise=graph.node("DisableNoise"), guider=guider,
                           sampler=graph.node("InvEditReplaySampler"), sigmas=inversion.out(2),
@@ -88,13 +108,17 @@ def test_lowest_timestep_clean_level_is_replayed_exactly_by_the_sigmas_output(gr
     graph.capture("replayed", replayed.out(0))
     graph.capture("reconstructed", graph.node("InvEditReconstruct", model=model, positive=positive,
                                               negative=negative, inversion=inversion.out(1), cfg=1.0))
+    graph.capture("simple", graph.node("InvEditReconstruct", model=model, positive=positive, negative=negative,
+                                       inversion=simple.out(1), cfg=1.0))
     graph.capture("sigmas", inversion.out(2))
     graph.capture("source", latent)
     result = run_graph(graph)
     sigmas = result["sigmas"]
     assert float(sigmas[-1]) > 0.0 and len(sigmas) == STEPS + 1
     assert torch.equal(result["replayed"]["samples"], result["reconstructed"]["samples"])
-    assert relative_error(result["reconstructed"]["samples"], result["source"]["samples"]) < ROUND_TRIP_BOUND
+    source = result["source"]["samples"]
+    errors = {key: relative_error(result[key]["samples"], source) for key in ("reconstructed", "simple")}
+    assert errors["reconstructed"] < ROUND_TRIP_BOUND["sd15"] < errors["simple"], errors
 
 
 def test_warm_start_and_easyinv_through_the_node(graph, run_graph):
@@ -240,3 +264,41 @@ def test_random_noise_in_sampler_custom_advanced_is_refused(graph, run_graph):
     graph.capture("noise", inverted.out(0))
     with pytest.raises(GraphExecutionError, match="Disable Noise"):
         run_graph(graph)
+
+
+# --- step counts ----------------------------------------------------------------------------
+
+TRAINING_TIMESTEPS = 1000
+
+
+def ddim_uniform_steps(requested: int) -> int:
+    """Steps of ComfyUI's ddim_uniform for ``steps = requested``, from its definition: timesteps
+    1, 1 + 1000 // N, 1 + 2 * (1000 // N), ... below 1000, each one sampling step."""
+    return len(range(1, TRAINING_TIMESTEPS, TRAINING_TIMESTEPS // requested))
+
+
+@pytest.mark.parametrize("requested", [7, 30, 50, 6, 3])
+def test_ddim_uniform_records_the_steps_it_made_and_says_so(graph, run_graph, requested):
+    made = ddim_uniform_steps(requested)
+    _, _, _, _, inversion = inversion_graph(graph, "sd15", steps=requested)
+    graph.capture("inversion", inversion.out(1))
+    result = run_graph(graph)
+    record = result["inversion"]
+    assert record.sampling_sigmas.numel() - 1 == made == record.trajectory.model_calls
+    assert record.settings["steps"] == made and record.settings["steps_requested"] == requested
+    note = result.ui.get(inversion.node_id, {}).get("text")
+    if made == requested:
+        assert note is None
+    else:  # 30 -> 31, 7 -> 8, 6 -> 7: the node's UI text says what was made and what to pick
+        [text] = note
+        assert f"gives {made} steps for steps = {requested}" in text and "divides 1000" in text, text
+
+
+@pytest.mark.parametrize("scheduler", [name for name in comfy.samplers.SCHEDULER_NAMES if name != "ddim_uniform"])
+def test_other_schedulers_make_the_steps_asked(pack_nodes, tiny_model, tiny_conditioning, tiny_latent, scheduler):
+    for requested in (7, 30):
+        output = run_inversion(pack_nodes, tiny_model("sd15"), tiny_conditioning("sd15", 1), tiny_latent("sd15", 3),
+                               steps=requested, scheduler=scheduler)
+        record = output.result[1]
+        assert record.settings["steps"] == record.settings["steps_requested"] == requested
+        assert record.trajectory.model_calls == requested and output.ui is None

@@ -328,6 +328,29 @@ def test_pip_installs_nothing_into_the_comfyui_environment():
     assert report["install"] == [], [item["metadata"]["name"] for item in report["install"]]
 
 
+CONNECTION_ERRORS = ("NewConnectionError", "Max retries exceeded", "Temporary failure in name resolution",
+                     "Failed to establish a new connection", "Network is unreachable", "Connection refused",
+                     "ConnectTimeoutError", "ReadTimeoutError", "ProxyError")
+"""What pip's log says when it could not reach a package index (it then also reports "No matching
+distribution found" for every requirement, which alone means a requirement that does not exist)."""
+
+
+def index_unreachable(pip_stderr: str) -> bool:
+    """Whether a failed pip run failed because no package index could be reached."""
+    return any(text in pip_stderr for text in CONNECTION_ERRORS)
+
+
+def test_only_a_connection_error_counts_as_no_index():
+    """A requirement the index does not have fails the fresh-resolution test; only an unreachable index skips it."""
+    missing = ("ERROR: Could not find a version that satisfies the requirement scikit-lern (from versions: none)\n"
+               "ERROR: No matching distribution found for scikit-lern")
+    offline = ("WARNING: Could not fetch URL https://pypi.org/simple/safetensors/: HTTPSConnectionPool(host='pypi.org', "
+               "port=443): Max retries exceeded with url: /simple/safetensors/ (Caused by NewConnectionError('Failed "
+               "to establish a new connection: [Errno -3] Temporary failure in name resolution')) - skipping\n" + missing)
+    assert not index_unreachable(missing)
+    assert index_unreachable(offline)
+
+
 def test_a_fresh_resolution_pulls_in_no_torch():
     """Resolved from the package index as if nothing were installed: the full set a new environment
     would get. Needs an index; INVEDIT_OFFLINE=1 skips it, as does an index that does not answer."""
@@ -335,9 +358,7 @@ def test_a_fresh_resolution_pulls_in_no_torch():
         pytest.skip("INVEDIT_OFFLINE=1")
     result = pip_report("--ignore-installed", "--retries", "0", "--timeout", "10")
     if result.returncode != 0:
-        unreachable = ("No matching distribution found", "Could not find a version", "NewConnectionError",
-                       "Max retries exceeded", "Temporary failure in name resolution")
-        if any(text in result.stderr for text in unreachable):
+        if index_unreachable(result.stderr):
             pytest.skip("no package index answered: " + result.stderr.strip().splitlines()[-1])
         pytest.fail(result.stderr[-2000:])
     names = [item["metadata"]["name"] for item in json.loads(result.stdout)["install"]]

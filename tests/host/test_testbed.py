@@ -132,13 +132,17 @@ def runs(pack_nodes, testbed, heldout):
 
 
 def test_guidance_gap_reconstruction_at_7_5_is_far_worse_than_at_1(runs):
-    # README: DDIM 38.0 dB at guidance 1, 14.0 dB at 7.5.
+    """Regression band around the pack's own benchmark figures (README: DDIM 38.0 dB at guidance 1,
+    14.0 dB at 7.5): it catches a change in the benchmark's result, it is not evidence about a method."""
     assert runs["ddim"][1.0] >= 34.0
     assert runs["ddim"][1.0] - runs["ddim"][7.5] >= 15.0
 
 
-def test_easyinv_hurts_at_guidance_1_and_does_not_help_at_7_5(runs):
-    # README: 30.5 dB vs 38.0 at guidance 1; 13.93 vs 13.95 at 7.5.
+def test_easyinv_benchmark_rows_hold_regression_band(runs):
+    """Regression band around the pack's own benchmark figures (README: EasyInv 30.5 dB vs DDIM 38.0 at
+    guidance 1, 13.93 vs 13.95 at 7.5, both inverted at guidance 1 with the digit prompt). It pins what
+    the benchmark measured on this model; it says nothing about EasyInv's merit, which is compared under
+    its paper's protocol in benchmarks/reconstruction.py (README: EasyInv under its paper's protocol)."""
     assert runs["ddim"][1.0] - runs["easyinv"][1.0] >= 3.0
     assert abs(runs["easyinv"][7.5] - runs["ddim"][7.5]) <= 0.5
 

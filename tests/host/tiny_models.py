@@ -6,18 +6,32 @@ Each model is a real ``comfy.model_base.BaseModel`` (an ``SDXL`` for ``sdxl``) h
 format, discrete noise schedule and parameterisation (eps or v) are used, so sampling, conditioning
 (``encode_adm`` for SDXL), attention patches and wrappers behave exactly as with a checkpoint.
 
-comfy ops skip weight initialisation, so every parameter is set here from a seeded generator.
-Random weights alone give a denoiser far rougher than a trained one (50-step DDIM inversion at
-guidance 1 then misses its source by several latent standard deviations), so the weights are
-shaped into "a simple denoiser plus a random part" (see :func:`_shape_as_denoiser`):
-- eps models: the raw output is the per-channel normalised input latent, the noise prediction of
-  a denoiser that takes everything for noise, routed through the real layers (conv_in, the last
-  output block's skip connection, the output GroupNorm/SiLU/conv), plus random parts of 5 % of
-  its size computed by every layer (res blocks, self and cross attention, at every level);
-- v models: the best v prediction for unit-variance Gaussian data (zero) plus a random part of
-  standard deviation 0.1.
-So the output depends on x, sigma and the context through the whole network, and 50-step DDIM
-inversion at guidance 1 round-trips to about 0.02-0.03 (max |error| / std of the latent).
+comfy ops skip weight initialisation, so every parameter is set here from a seeded generator
+(:func:`_init_parameters`). What the weights must give the tests: a denoiser whose DDIM inversion
+round-trips at all (so a bound can be set), whose noise estimate changes along the inversion path
+and with the timestep (so a wrong timestep rule or a shifted schedule fails that bound). Measured
+alternatives that cannot do both (max |error| / std of the latent, 50 steps, when this was written):
+
+- random weights alone, output scaled to a noise-sized eps: 50-step DDIM inversion misses its source
+  by 13-20 latent standard deviations for any timestep rule (the map is chaotic), and at a small
+  output (std 0.05) the simple and the reference rule miss by the same 0.18-0.24;
+- the earlier "normalised input + 5 % random" eps models: the same eps at every state of a DDIM
+  path, so the simple rule round-tripped exactly as well as the reference rule (0.026 both).
+
+So eps models are shaped (:func:`_shape_eps_model`) as the noise estimate of a denoiser that takes
+the input for noise, whose gain depends on the timestep, plus a random part:
+- each latent channel is passed (+z and -z, so ``SiLU(n) - SiLU(-n) = n`` undoes the output
+  SiLU) through the real layers (conv_in, the last output block's skip connection, the output
+  GroupNorm/SiLU/conv) to the output;
+- in the output GroupNorm (two channels per group: the UNets are 64 channels wide) each copy shares
+  its group with a channel that the last output block's res block computes from the previous
+  features and the time embedding, so the normalisation, hence the eps gain, changes with the
+  timestep (the time embedding is amplified: :data:`TIME_EMBED_GAIN`);
+- random parts of :data:`EPS_RANDOM_SHARE` of the passed-on latent are added by every layer (res
+  blocks, self and cross attention, at every level), so eps also depends on the prompt.
+v models: the best v prediction for unit-variance Gaussian data (zero) plus a random part of
+standard deviation 0.1; the v parameterisation already makes their eps depend on the timestep.
+The measured round trips, with the wrong rule beside them, are at :data:`ROUND_TRIP_BOUND`.
 Models are built under ``torch.inference_mode()``, as ComfyUI's loader nodes build theirs inside
 the executor: their weights are inference tensors, so code that needs gradients must cope.
 
@@ -50,6 +64,9 @@ SDXL_CONTEXT_DIM = 2048  # real SDXL width: conditioning shapes match CLIPTextEn
 SDXL_POOLED_DIM = 1280  # pooled CLIP-G output; with 6 x 256 size embeddings gives adm 2816
 SDXL_ADM_CHANNELS = 2816
 LATENT_CHANNELS = 4
+TINY_MODEL_CHANNELS = 64
+"""Width of the tiny models' first level: two channels per GroupNorm group (ComfyUI's UNet has 32
+groups), so the time embedding's per-channel shifts are not normalised away (see the module docstring)."""
 
 SD15_UNET_CONFIG = {
     "image_size": 32,
@@ -94,16 +111,16 @@ _SDXL_UNET = {
 
 
 class TinySD15(comfy.supported_models.SD15):
-    """SD1.x model config with a tiny UNet (2 heads per attention layer)."""
+    """SD1.x model config with a tiny UNet (64 channels wide, 2 heads per attention layer)."""
 
-    unet_config = dict(SD15_UNET_CONFIG)
+    unet_config = {**SD15_UNET_CONFIG, "model_channels": TINY_MODEL_CHANNELS}
     unet_extra_config = {"num_heads": 2, "num_head_channels": -1}
 
 
 class TinySDXL(comfy.supported_models.SDXL):
-    """SDXL model config with a tiny UNet (16 channels per head, as SDXL's 64 scaled down)."""
+    """SDXL model config with a tiny UNet (64 channels wide, 16 channels per head, as SDXL's 64 scaled down)."""
 
-    unet_config = dict(_SDXL_UNET)
+    unet_config = {**_SDXL_UNET, "model_channels": TINY_MODEL_CHANNELS}
     unet_extra_config = {"num_heads": -1, "num_head_channels": 16}
 
 
@@ -128,16 +145,20 @@ def _init_parameters(module: torch.nn.Module, seed: int) -> None:
     """Set every parameter from a generator seeded with ``seed``, in a fixed (named) order.
 
     Matrices and kernels: normal with std 1/sqrt(fan_in), so activations stay O(1).
-    Norm scales: 1 + small noise. Biases and everything else 1-D: small noise.
+    Scales of normalisation layers (GroupNorm, LayerNorm): 1 + small noise. Biases and everything
+    else 1-D: small noise.
     """
     generator = torch.Generator().manual_seed(seed)
+    norms = {name for name, layer in module.named_modules()
+             if isinstance(layer, (torch.nn.GroupNorm, torch.nn.LayerNorm))}
     with torch.no_grad():
         for name, param in sorted(module.named_parameters(), key=lambda item: item[0]):
             noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+            owner, _, kind = name.rpartition(".")
             if param.dim() >= 2:
                 fan_in = param[0].numel()
                 value = noise / math.sqrt(fan_in)
-            elif "norm" in name and name.endswith("weight"):
+            elif kind == "weight" and owner in norms:
                 value = 1.0 + 0.1 * noise
             else:
                 value = 0.02 * noise
@@ -155,73 +176,106 @@ def _example_inputs(arch: str, seed: int) -> dict:
     return inputs
 
 
-# Relative size of the random parts of an eps model's output (see the module docstring), and the
-# output std of a v model.
-EPS_RANDOM_SHARE = 0.05
+# Shaping of the eps models (module docstring): the random parts' size relative to the passed-on
+# latent, the size of the time-dependent channel that shares each copy's output GroupNorm group,
+# and the gain on the time embedding. Measured round trips in tests/host/test_inversion_nodes.py.
+EPS_RANDOM_SHARE = 0.1
+TIME_PARTNER_SHARE = 0.5
+TIME_EMBED_GAIN = 16.0
+# Output std of a v model.
 V_OUTPUT_STD = 0.1
-# conv_in channels that carry +latent and -latent to the output: SiLU(z) - SiLU(-z) = z lets
-# the output GroupNorm/SiLU/conv pass the normalised latent through exactly.
-_IDENTITY_CHANNELS = 2 * LATENT_CHANNELS
+
+ROUND_TRIP_STEPS = 50
+ROUND_TRIP_BOUND = {"sd15": 0.2, "sd15_v": 0.1, "sdxl": 0.25}
+"""Max |error| / std of the latent of a 50-step DDIM inversion and its replay at guidance 1 (reference
+rule): regression bands set from measurement on these models. Measured on the 16x16 test latent,
+reference rule / simple rule / replay with the schedule shifted one step (the negative controls, which
+must fail the bound): sd15 0.092 / 0.44 / 6.5, sd15_v 0.018 / 0.22 / 0.50, sdxl 0.13 / 0.46 / 7.5; odd
+13x11 latents sd15 0.080 / 0.43, sdxl 0.13 / 0.48; an SD1.x-scaled latent into sdxl 0.14 / 0.65. On
+the smallest latents (2x2 sd15, 4x5 sdxl) the rules come close (0.13 / 0.16, 0.11 / 0.15): there the
+shifted schedule is the control. The earlier eps models gave the same eps along the whole path and
+0.026 for both rules."""
 
 
-def _shape_as_denoiser(unet: torch.nn.Module, arch: str, seed: int) -> None:
-    """Turn the random UNet into "simple denoiser + random part" (module docstring)."""
+@dataclass(frozen=True)
+class _PassThrough:
+    """Where the latent travels through an eps model: channel ``plus[k]`` carries +latent_k,
+    ``minus[k]`` carries -latent_k, and ``partners[j]`` is the other channel of the GroupNorm group
+    of ``copies[j]`` (groups are consecutive channel pairs)."""
+
+    plus: tuple[int, ...] = tuple(2 * k for k in range(LATENT_CHANNELS))
+    minus: tuple[int, ...] = tuple(2 * (k + LATENT_CHANNELS) for k in range(LATENT_CHANNELS))
+
+    @property
+    def copies(self) -> list[int]:
+        return [*self.plus, *self.minus]
+
+    @property
+    def partners(self) -> list[int]:
+        return [channel + 1 for channel in self.copies]
+
+
+def _scale_rows(layers: list[torch.nn.Module], rows: list[int], factor: torch.Tensor) -> None:
+    """Multiply the output rows ``rows`` (weight and bias) of each layer by ``factor``."""
+    for layer in layers:
+        layer.weight[rows] *= factor
+        layer.bias[rows] *= factor
+
+
+def _shape_eps_model(unet: torch.nn.Module, arch: str, seed: int) -> None:
+    """Turn the random UNet into "input taken for noise, time-dependent gain, random part" (module docstring)."""
     inputs = _example_inputs(arch, seed)
-    out_conv = unet.out[-1]
-    if arch == "sd15_v":
-        scale = V_OUTPUT_STD / unet(**inputs).std()
-        out_conv.weight.mul_(scale)
-        out_conv.bias.mul_(scale)
-        return
-
-    pair = _IDENTITY_CHANNELS
+    route = _PassThrough()
+    copies, partners = route.copies, route.partners
+    time_linear = unet.time_embed[-1]
+    time_linear.weight.mul_(TIME_EMBED_GAIN)
+    time_linear.bias.mul_(TIME_EMBED_GAIN)
     last_block = unet.output_blocks[-1]
     res_block = last_block[0]
-    # 1. conv_in: channels k and k+4 are +latent_k and -latent_k (centre tap only).
+    # 1. conv_in: the copies are +latent_k and -latent_k (centre tap only).
     conv_in = unet.input_blocks[0][0]
-    conv_in.weight[:pair].zero_()
-    conv_in.bias[:pair].zero_()
+    conv_in.weight[copies] = 0.0
+    conv_in.bias[copies] = 0.0
     for k in range(LATENT_CHANNELS):
-        conv_in.weight[k, k, 1, 1] = 1.0
-        conv_in.weight[LATENT_CHANNELS + k, k, 1, 1] = -1.0
-    # 2. The last output block's 1x1 skip connection passes them on (conv_in's output is the
-    #    last chunk of that block's concatenated input).
+        conv_in.weight[route.plus[k], k, 1, 1] = 1.0
+        conv_in.weight[route.minus[k], k, 1, 1] = -1.0
+    # 2. The last output block's 1x1 skip connection passes the copies on (conv_in's output is the
+    #    last chunk of that block's concatenated input) and nothing into their partners, which thus
+    #    carry only what the res block (time embedding included) and the transformer add.
     skip = res_block.skip_connection
-    skip.weight[:pair].zero_()
-    skip.bias[:pair].zero_()
+    skip.weight[copies + partners] = 0.0
+    skip.bias[copies + partners] = 0.0
     first_from_conv_in = skip.weight.shape[1] - unet.model_channels
-    for k in range(pair):
-        skip.weight[k, first_from_conv_in + k, 0, 0] = 1.0
-    # 3. The random residuals added to those channels (res block body, transformer) are scaled
-    #    to EPS_RANDOM_SHARE of the passed-on latent.
+    for channel in copies:
+        skip.weight[channel, first_from_conv_in + channel, 0, 0] = 1.0
+    # 3. What the res block body and the transformer add is scaled: EPS_RANDOM_SHARE of the copies
+    #    on the copies, TIME_PARTNER_SHARE of them on the partners.
     residual_layers = [res_block.out_layers[-1]] + [layer.proj_out for layer in list(last_block)[1:]]
     seen = {}
     hooks = [
-        unet.input_blocks[0][0].register_forward_hook(lambda module, args, out: seen.__setitem__("latent", out)),
+        conv_in.register_forward_hook(lambda module, args, out: seen.__setitem__("latent", out)),
         list(last_block)[-1].register_forward_hook(lambda module, args, out: seen.__setitem__("block", out)),
     ]
     for _ in range(2):  # the transformer sees the res block's output: a second pass settles it
         unet(**inputs)
-        identity = seen["latent"][:, :pair]
-        residual = seen["block"][:, :pair] - identity
-        scale = EPS_RANDOM_SHARE * identity.std() / residual.std()
-        for layer in residual_layers:
-            layer.weight[:pair].mul_(scale)
-            layer.bias[:pair].mul_(scale)
+        identity = seen["latent"][:, copies]
+        residual = seen["block"][:, copies] - identity
+        _scale_rows(residual_layers, copies, EPS_RANDOM_SHARE * identity.std() / residual.std())
+        _scale_rows(residual_layers, partners, TIME_PARTNER_SHARE * identity.std() / seen["block"][:, partners].std())
     for hook in hooks:
         hook.remove()
-    # 4. Output: GroupNorm (one channel per group) normalises, then out = n_k = SiLU(n_k) -
-    #    SiLU(-n_k), plus the other channels' random contribution at EPS_RANDOM_SHARE of it.
-    norm = unet.out[0]
-    norm.weight[:pair].fill_(1.0)
-    norm.bias[:pair].zero_()
+    # 4. Output: GroupNorm, then out = n_k = SiLU(n_k) - SiLU(-n_k), plus the other channels'
+    #    random contribution at EPS_RANDOM_SHARE of it.
+    norm, out_conv = unet.out[0], unet.out[-1]
+    norm.weight[copies] = 1.0
+    norm.bias[copies] = 0.0
     random_weight = out_conv.weight.clone()
-    random_weight[:, :pair] = 0.0
+    random_weight[:, copies] = 0.0
     random_bias = out_conv.bias.clone()
     identity_weight = torch.zeros_like(out_conv.weight)
     for k in range(LATENT_CHANNELS):
-        identity_weight[k, k, 1, 1] = 1.0
-        identity_weight[k, LATENT_CHANNELS + k, 1, 1] = -1.0
+        identity_weight[k, route.plus[k], 1, 1] = 1.0
+        identity_weight[k, route.minus[k], 1, 1] = -1.0
     out_conv.weight.copy_(identity_weight)
     out_conv.bias.zero_()
     identity_out = unet(**inputs)
@@ -231,6 +285,14 @@ def _shape_as_denoiser(unet: torch.nn.Module, arch: str, seed: int) -> None:
     scale = EPS_RANDOM_SHARE * identity_out.std() / random_out.std()
     out_conv.weight.copy_(identity_weight + scale * random_weight)
     out_conv.bias.copy_(scale * random_bias)
+
+
+def _shape_v_model(unet: torch.nn.Module, arch: str, seed: int) -> None:
+    """Scale the random UNet's output to std :data:`V_OUTPUT_STD` (module docstring)."""
+    out_conv = unet.out[-1]
+    scale = V_OUTPUT_STD / unet(**_example_inputs(arch, seed)).std()
+    out_conv.weight.mul_(scale)
+    out_conv.bias.mul_(scale)
 
 
 def build_tiny_model(arch: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
@@ -254,7 +316,8 @@ def _build(arch: str, seed: int) -> comfy.model_patcher.ModelPatcher:
         model_type = comfy.model_base.ModelType.V_PREDICTION if arch == "sd15_v" else comfy.model_base.ModelType.EPS
         model = comfy.model_base.BaseModel(model_config, model_type=model_type, device=device)
     _init_parameters(model.diffusion_model, seed)
-    _shape_as_denoiser(model.diffusion_model, arch, seed)
+    shape = _shape_v_model if arch == "sd15_v" else _shape_eps_model
+    shape(model.diffusion_model, arch, seed)
     model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
 

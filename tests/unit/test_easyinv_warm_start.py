@@ -6,28 +6,40 @@ import math
 
 import pytest
 import torch
-from analytic import ConstantEpsDenoiser, ddim_levels
+from analytic import ConstantEpsDenoiser, StateDependentEpsDenoiser, ddim_levels
 
 from invedit.inversion import EASYINV_PRESETS, EasyInvConfig, InversionConfig, WarmStartConfig, invert
 from invedit.inversion.easyinv import in_window
 from invedit.inversion.warm_start import forward_noise
 
 
-def scalar_inversion(x0: float, eps: float, levels: list[float], eta: float, window: set[int], variant: str) -> list[float]:
-    """Hand computation on one element with a constant noise estimate, on the DDPM scale.
+def scalar_inversion(x0: float, levels: list[float], eta: float, window: set[int], variant: str,
+                     query_after_mixing: bool = False) -> list[float]:
+    """EasyInv on one element, written as the official code runs it, on the DDPM scale.
 
-    Returns the latent each step moves from and the final latent, as x = z * sqrt(1 + sigma^2).
+    Official SD1.4 code (potato-kitty/EasyInv, utilsV14.invert with opt_invert): the noise is
+    predicted on the latent as the previous step left it (``step_backward``), THEN the latent is
+    mixed with the previous one (``eta * z + (1 - eta) * z_last``, input variant), and the mixed
+    latent is stepped with that prediction (``next_step``: DDIM from ``t - 1000 // N`` to ``t``,
+    the model queried at ``t``). The output variant (``example.py``) mixes each step's result with
+    the step's input instead. ``query_after_mixing`` runs the input variant in the other order (a
+    control the pack must not match). The noise estimate is
+    :meth:`StateDependentEpsDenoiser.eps`. Returns the latent each step moves from and the final
+    latent, as ``x = z * sqrt(1 + sigma^2)``.
     """
     scale = [math.sqrt(1 + s * s) for s in levels]
     z = x0 / scale[0]
     z_last = None
     moved_from = []
     for i in range(len(levels) - 1):
-        if variant == "input" and i in window and z_last is not None:
+        mixing = variant == "input" and i in window and z_last is not None
+        if mixing and query_after_mixing:
+            z = eta * z + (1 - eta) * z_last
+        eps = StateDependentEpsDenoiser.eps(z, levels[i + 1])
+        if mixing and not query_after_mixing:
             z = eta * z + (1 - eta) * z_last
         z_last = z
         moved_from.append(z * scale[i])
-        # DDIM inversion step on the DDPM scale (next_step of the reference code).
         a_t, a_n = 1 / scale[i] ** 2, 1 / scale[i + 1] ** 2
         pred_x0 = (z - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
         z_next = math.sqrt(a_n) * pred_x0 + math.sqrt(1 - a_n) * eps
@@ -43,15 +55,33 @@ def test_easyinv_matches_hand_computation(variant):
     config = EasyInvConfig(eta=0.3, start=0.1, length=0.5, variant=variant)
     window = {i for i in range(10) if in_window(i, 10, config)}
     assert window == {2, 3, 4, 5}  # 0.1*10 < i < 0.6*10
-    eps_value, x0_value = 0.37, -1.2
-    denoiser = ConstantEpsDenoiser(torch.full((1, 1, 1, 1), eps_value, dtype=torch.float64))
+    x0_value = -1.2
+    denoiser = StateDependentEpsDenoiser()
     trajectory = invert(denoiser, levels, torch.full((1, 1, 1, 1), x0_value, dtype=torch.float64),
                         InversionConfig(easyinv=config))
-    expected = scalar_inversion(x0_value, eps_value, levels.tolist(), 0.3, window, variant)
+    expected = scalar_inversion(x0_value, levels.tolist(), 0.3, window, variant)
     assert trajectory.latents.flatten().tolist() == pytest.approx(expected, rel=1e-12, abs=1e-12)
-    plain = scalar_inversion(x0_value, eps_value, levels.tolist(), 1.0, set(), variant)
+    plain = scalar_inversion(x0_value, levels.tolist(), 1.0, set(), variant)
     assert abs(expected[-1] - plain[-1]) > 1e-3  # aggregation really changed the result
-    assert trajectory.model_calls == 10  # no extra model calls
+    assert trajectory.model_calls == denoiser.calls == 10  # no extra model calls
+
+
+def test_easyinv_queries_the_model_before_mixing():
+    """Negative control: with a state-dependent noise estimate, "mix, then query" is another result.
+
+    The two orders differ by about 1e-3 here (first mixed step and final noise), nine orders of
+    magnitude above the 1e-12 the pack matches the official order to, so a pack that mixed first
+    fails the test above.
+    """
+    levels = ddim_levels(10)
+    config = EasyInvConfig(eta=0.3, start=0.1, length=0.5)
+    window = {i for i in range(10) if in_window(i, 10, config)}
+    trajectory = invert(StateDependentEpsDenoiser(), levels, torch.full((1, 1, 1, 1), -1.2, dtype=torch.float64),
+                        InversionConfig(easyinv=config))
+    mixed_first = scalar_inversion(-1.2, levels.tolist(), 0.3, window, "input", query_after_mixing=True)
+    first_mixed_step = min(window)
+    assert abs(trajectory.latents.flatten()[first_mixed_step + 1].item() - mixed_first[first_mixed_step + 1]) > 1e-5
+    assert abs(trajectory.noise.item() - mixed_first[-1]) > 1e-5
 
 
 def test_easyinv_eta_one_is_plain_inversion_bit_for_bit():
