@@ -6,7 +6,13 @@ import torch
 
 from .errors import InvEditInputError
 from .fingerprint import architecture_fingerprint
-from .model_info import LATENT_PIXEL_RATIO, latent_channels, smallest_latent_side
+from .model_info import LATENT_PIXEL_RATIO, diffusion_process, latent_channels, latent_has_frames, smallest_latent_side
+
+IMAGE_LATENT_DIMS = 4
+"""``[B, C, H, W]``: the latent of an image for SD1.x / SDXL / SD3 / Flux / Chroma."""
+FRAMED_LATENT_DIMS = 5
+"""``[B, C, T, H, W]``: the latent format of Qwen-Image (Wan 2.1's VAE); an image is one frame, T = 1."""
+FRAME_AXIS = 2
 
 
 def check_latent_shape(model, shape: torch.Size) -> None:
@@ -29,14 +35,32 @@ def check_latent_shape(model, shape: torch.Size) -> None:
         )
 
 
-def check_latent(model, latent: dict) -> torch.Tensor:
-    """Return ``latent["samples"]`` after checking it fits ``model``; never modifies it."""
-    samples = latent.get("samples")
-    if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
+def image_latent_samples(model, samples) -> torch.Tensor:
+    """An image latent in the layout ``model`` takes: ``[B, C, H, W]``, or ``[B, C, 1, H, W]`` for 5-D formats.
+
+    A 4-D latent for a model with 5-D latents gets its frame axis (ComfyUI's samplers do the same to an
+    empty latent); 5-D latents are refused for 4-D models, and several frames (a video) everywhere.
+    """
+    framed = latent_has_frames(model)
+    if not isinstance(samples, torch.Tensor) or samples.ndim not in (IMAGE_LATENT_DIMS, FRAMED_LATENT_DIMS):
         raise InvEditInputError(
-            "The LATENT must hold a 4-D 'samples' tensor [batch, channels, height, width]: "
-            "connect a VAE Encode output (video latents are not supported)."
+            "The LATENT must hold a 'samples' tensor [batch, channels, height, width] (or [batch, channels, 1, height, "
+            "width] for Qwen-Image): connect a VAE Encode output."
         )
+    if samples.ndim == FRAMED_LATENT_DIMS and (not framed or samples.shape[FRAME_AXIS] != 1):
+        frames = f"{samples.shape[FRAME_AXIS]} frames" if framed else "a 5-D video layout"
+        raise InvEditInputError(
+            f"The LATENT holds {frames}; InvEdit inverts images (video latents are not supported): connect the "
+            "VAE Encode output of one image, encoded with this model's own VAE."
+        )
+    if framed and samples.ndim == IMAGE_LATENT_DIMS:
+        return samples.unsqueeze(FRAME_AXIS)
+    return samples
+
+
+def check_latent(model, latent: dict) -> torch.Tensor:
+    """Return ``latent["samples"]`` (in the layout the model takes) after checking it fits ``model``; never modifies it."""
+    samples = image_latent_samples(model, latent.get("samples"))
     check_latent_shape(model, samples.shape)
     if latent.get("noise_mask") is not None:
         raise InvEditInputError(
@@ -46,6 +70,18 @@ def check_latent(model, latent: dict) -> torch.Tensor:
     if not bool(torch.isfinite(samples).all()):
         raise InvEditInputError("The latent contains NaN or infinite values: check the VAE Encode input.")
     return samples
+
+
+def check_inversion_family(model, record) -> None:
+    """Refuse sampling (or loading) an INVERSION with a model of the other family (UNet vs rectified flow)."""
+    recorded = record.trajectory.config.forward_process
+    current = diffusion_process(model)
+    if recorded is not current:
+        raise InvEditInputError(
+            f"This inversion was made with a {recorded.family}, but this model is a {current.family}: their "
+            "noises mean different things and cannot be sampled across. Sample it with the model the image was "
+            "inverted with, or invert the image again with this model."
+        )
 
 
 def check_inversion_fits(model, noise: torch.Tensor) -> None:
@@ -65,6 +101,7 @@ def check_inversion_model(model, record) -> None:
     another family, UNet configuration, prediction type or noise schedule is refused; other
     weights of the same architecture (a fine-tune, a LoRA) are not.
     """
+    check_inversion_family(model, record)
     check_inversion_fits(model, record.trajectory.noise)
     recorded = (record.settings or {}).get("model_fingerprint")
     if isinstance(recorded, dict) and recorded.get("architecture") not in (None, architecture_fingerprint(model)):
