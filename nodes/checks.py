@@ -44,14 +44,20 @@ def image_latent_samples(model, samples) -> torch.Tensor:
     framed = latent_has_frames(model)
     if not isinstance(samples, torch.Tensor) or samples.ndim not in (IMAGE_LATENT_DIMS, FRAMED_LATENT_DIMS):
         raise InvEditInputError(
-            "The LATENT must hold a 'samples' tensor [batch, channels, height, width] (or [batch, channels, 1, height, "
-            "width] for Qwen-Image): connect a VAE Encode output."
+            "The LATENT must hold a 4-D 'samples' tensor [batch, channels, height, width] ([batch, channels, 1, height, "
+            "width] for Qwen-Image): connect a VAE Encode output (video latents are not supported)."
         )
-    if samples.ndim == FRAMED_LATENT_DIMS and (not framed or samples.shape[FRAME_AXIS] != 1):
-        frames = f"{samples.shape[FRAME_AXIS]} frames" if framed else "a 5-D video layout"
+    if samples.ndim == FRAMED_LATENT_DIMS and not framed:
         raise InvEditInputError(
-            f"The LATENT holds {frames}; InvEdit inverts images (video latents are not supported): connect the "
-            "VAE Encode output of one image, encoded with this model's own VAE."
+            "The LATENT must hold a 4-D 'samples' tensor [batch, channels, height, width] for this model, but it is 5-D "
+            "(video latents are not supported): connect the VAE Encode output of an image, encoded with this model's "
+            "own VAE."
+        )
+    if samples.ndim == FRAMED_LATENT_DIMS and samples.shape[FRAME_AXIS] != 1:
+        raise InvEditInputError(
+            f"The LATENT holds {samples.shape[FRAME_AXIS]} frames [batch, channels, frames, height, width]; InvEdit "
+            "inverts images, one frame each (video latents are not supported): connect the VAE Encode output of one "
+            "image."
         )
     if framed and samples.ndim == IMAGE_LATENT_DIMS:
         return samples.unsqueeze(FRAME_AXIS)

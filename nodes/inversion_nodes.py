@@ -20,7 +20,7 @@ from .guiders import InversionGuider
 from .model_info import has_guidance_embedding, lowest_sigma
 from .options import inversion_config, inversion_option_inputs
 from .sampling import inversion_noise_latent, inversion_sampler, plain_guider, replay_sampler, sample_with_guider
-from .schedules import SCHEDULER_AUTO, resolve_scheduler, schedule
+from .schedules import SCHEDULER_AUTO, SIGMA_MATCH_RTOL, resolve_scheduler, schedule
 from .sockets import CATEGORY_INVERSION, CATEGORY_SAMPLING, MAX_CFG, Inversion
 
 CLEAN_LEVEL_ZERO = "zero"
@@ -67,7 +67,7 @@ def _schedule_with_clean_level(model, scheduler: str, steps: int, clean_level: s
     sigmas = schedule(model, scheduler, steps)
     if clean_level == CLEAN_LEVEL_LOWEST and float(sigmas[-1]) == 0.0:
         lowest = lowest_sigma(model)
-        if sigmas.numel() > 2 and float(sigmas[-2]) <= lowest:
+        if sigmas.numel() > 2 and float(sigmas[-2]) <= lowest * (1.0 + SIGMA_MATCH_RTOL):
             raise InvEditInputError(
                 f"clean_level '{CLEAN_LEVEL_LOWEST}' reads the image at the model's lowest level (sigma {lowest:.4g}), "
                 f"but the {scheduler} schedule already ends there: use clean_level '{CLEAN_LEVEL_ZERO}' (the "

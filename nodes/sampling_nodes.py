@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ..inversion.null_text import REFERENCE_GUIDANCE
 from ..inversion.record import InversionRecord
 from ..inversion.solvers import SOLVER_EULER, SOLVER_FIREFLOW
-from .checks import check_latent_shape
+from .checks import check_latent_shape, image_latent_samples
 from .guiders import InversionGuider
 from .options import inversion_config, inversion_option_inputs
 from .sampling import PackSampler, SamplerRun, inversion_loop, replay_sampler
@@ -44,6 +44,7 @@ class InversionSampler(io.ComfyNode):
 def _invert_for_model(run: SamplerRun, options: dict):
     """Pack loop that builds the inversion settings from the model being sampled, then inverts."""
     patcher = run.guider.model_patcher
+    image_latent_samples(patcher, run.latent)
     check_latent_shape(patcher, run.latent.shape)
     return inversion_loop(run, inversion_config(patcher, **options))
 

@@ -29,6 +29,7 @@ import torch
 
 import comfy.model_patcher
 import comfy.supported_models
+from tiny_models import ModelSnapshot
 
 FLUX_DEV = "flux_dev"
 FLUX_SCHNELL = "flux_schnell"
@@ -191,15 +192,27 @@ def build_tiny_flow_model(family: str, seed: int = 0) -> comfy.model_patcher.Mod
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
 
 
-_CACHE: dict[tuple[str, int], comfy.model_patcher.ModelPatcher] = {}
+_CACHE: dict[tuple[str, int], tuple[comfy.model_patcher.ModelPatcher, ModelSnapshot]] = {}
 
 
 def cached_tiny_flow_model(family: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
     """The shared tiny model of ``family`` and ``seed`` (built once per session; clone before patching)."""
     key = (family, int(seed))
     if key not in _CACHE:
-        _CACHE[key] = build_tiny_flow_model(family, seed)
-    return _CACHE[key]
+        patcher = build_tiny_flow_model(family, seed)
+        _CACHE[key] = (patcher, ModelSnapshot.take(patcher))
+    return _CACHE[key][0]
+
+
+def evict_changed_cached_models() -> list[str]:
+    """Drop every cached flow model that changed since it was built; say what changed in each."""
+    report = []
+    for key, (patcher, snapshot) in list(_CACHE.items()):
+        changed = snapshot.differences(patcher)
+        if changed:
+            del _CACHE[key]
+            report.append(f"{key}: {', '.join(changed)}")
+    return report
 
 
 def tiny_flow_conditioning(family: str, seed: int = 0, tokens: int = 8) -> list:
@@ -229,3 +242,71 @@ def tiny_flow_latent(family: str, seed: int = 0, batch: int = 1, height: int = 1
     if config.latent_format.latent_dimensions == 3:
         smooth = smooth.unsqueeze(2)
     return {"samples": config.latent_format.process_out(smooth)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Test-only graph nodes (V1 style, ids starting with InvEditTest), registered by the test modules
+# that use them (:func:`register_test_nodes`).
+
+FAMILY_INPUT = (list(FAMILIES), {"default": FLUX_DEV})
+SEED_INPUT = ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})
+TEST_CATEGORY = "InvEdit/testing"
+
+
+class InvEditTestTinyFlowModel:
+    """MODEL: a tiny flow model (cached per family and seed, shared by every graph)."""
+
+    CATEGORY = TEST_CATEGORY
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"family": FAMILY_INPUT, "seed": SEED_INPUT}}
+
+    def build(self, family, seed):
+        return (cached_tiny_flow_model(family, seed),)
+
+
+class InvEditTestFlowConditioning:
+    """CONDITIONING: a seeded random prompt as the family's text encoder gives it."""
+
+    CATEGORY = TEST_CATEGORY
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"family": FAMILY_INPUT, "seed": SEED_INPUT,
+                             "tokens": ("INT", {"default": 8, "min": 1, "max": 512})}}
+
+    def build(self, family, seed, tokens):
+        return (tiny_flow_conditioning(family, seed, tokens),)
+
+
+class InvEditTestFlowLatent:
+    """LATENT: a seeded smooth random latent of the family's format, sizes in latent pixels."""
+
+    CATEGORY = TEST_CATEGORY
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        size = {"default": 16, "min": 1, "max": 64}
+        return {"required": {"family": FAMILY_INPUT, "seed": SEED_INPUT,
+                             "batch": ("INT", {"default": 1, "min": 1, "max": 16}),
+                             "height": ("INT", size), "width": ("INT", size)}}
+
+    def build(self, family, seed, batch, height, width):
+        return (tiny_flow_latent(family, seed, batch, height, width),)
+
+
+TEST_NODES = {cls.__name__: cls for cls in (InvEditTestTinyFlowModel, InvEditTestFlowConditioning, InvEditTestFlowLatent)}
+
+
+def register_test_nodes(nodes_module) -> None:
+    """Add the flow test nodes to ComfyUI's node mappings (idempotent)."""
+    for node_id, cls in TEST_NODES.items():
+        nodes_module.NODE_CLASS_MAPPINGS[node_id] = cls
+        nodes_module.NODE_DISPLAY_NAME_MAPPINGS[node_id] = node_id

@@ -80,7 +80,7 @@ class GaussianFlowDenoiser:
 
 
 def flow_levels(n_steps: int, shift: float = 3.0, dtype: torch.dtype = torch.float64, clean: float = 0.0) -> torch.Tensor:
-    """Ascending levels of SD3's schedule (diffusers: t = linspace(1, 1/1000, N), shifted), ``clean`` first."""
+    """Ascending levels ``shift t / (1 + (shift - 1) t)`` for ``t = linspace(1, 1/1000, N)`` (SD3's shift 3), ``clean`` first."""
     t = torch.linspace(1.0, 1.0 / 1000, n_steps, dtype=dtype)
     sigmas = shift * t / (1 + (shift - 1) * t)
     return torch.cat([torch.tensor([clean], dtype=dtype), sigmas.flip(0)])
