@@ -86,13 +86,21 @@ def counting_clone(model, counter: list):
     return clone
 
 
-def timed(fn, repeats: int) -> float:
-    times = []
+def interleaved_medians(passes: dict, repeats: int, counter: list) -> dict[str, tuple[float, int]]:
+    """``{label: (median seconds, rows evaluated per run)}``, the passes run round-robin ``repeats`` times.
+
+    Round-robin, so that a change in the machine's load during the benchmark hits every pass alike.
+    """
+    times: dict[str, list[float]] = {label: [] for label in passes}
+    rows: dict[str, int] = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for label, run in passes.items():
+            counter[0] = 0
+            start = time.perf_counter()
+            run()
+            times[label].append(time.perf_counter() - start)
+            rows[label] = counter[0]
+    return {label: (statistics.median(times[label]), rows[label]) for label in passes}
 
 
 def bench_model(nodes, name: str, model, cond, latent, steps: int, cfg: float, repeats: int,
@@ -103,28 +111,23 @@ def bench_model(nodes, name: str, model, cond, latent, steps: int, cfg: float, r
     inversion = nodes.NODE_CLASS_MAPPINGS["InvEditDDIMInversion"]
     counter = [0]
     counted = counting_clone(model, counter)
-    rows = []
+    reference_label = f"sampling (KSamplerAdvanced {sampler})"
+
+    def sample():
+        ksampler.sample(counted, "disable", 0, steps, cfg, sampler, scheduler, cond, cond, latent, 0, 10000, "disable")
+
+    def inversion_pass(overrides: dict):
+        settings = inversion_options(steps=steps, inversion_cfg=cfg, scheduler=scheduler, clean_level="zero")
+        settings.update(overrides)
+        return lambda: inversion.execute(model=counted, positive=cond, negative=cond, latent=latent, **settings)
+
+    passes = {reference_label: sample, **{label: inversion_pass(overrides) for label, overrides in variants.items()}}
     with torch.inference_mode():
-        def sample():
-            ksampler.sample(counted, "disable", 0, steps, cfg, sampler, scheduler, cond, cond, latent, 0, 10000,
-                            "disable")
-
         sample()  # warm-up
-        counter[0] = 0
-        reference = timed(sample, repeats)
-        reference_calls = counter[0] // repeats
-        rows.append(f"| {name} | sampling (KSamplerAdvanced {sampler}) | {reference:.3f} | 1.00 | {reference_calls} |")
-        for label, overrides in variants.items():
-            settings = inversion_options(steps=steps, inversion_cfg=cfg, scheduler=scheduler, clean_level="zero")
-            settings.update(overrides)
-
-            def invert():
-                inversion.execute(model=counted, positive=cond, negative=cond, latent=latent, **settings)
-
-            counter[0] = 0
-            seconds = timed(invert, repeats)
-            rows.append(f"| {name} | {label} | {seconds:.3f} | {seconds / reference:.2f} | {counter[0] // repeats} |")
-    return rows
+        measured = interleaved_medians(passes, repeats, counter)
+    reference = measured[reference_label][0]
+    return [f"| {name} | {label} | {seconds:.3f} | {seconds / reference:.2f} | {rows} |"
+            for label, (seconds, rows) in measured.items()]
 
 
 MEDIUM_FLUX_WIDTH = 512
@@ -164,9 +167,10 @@ def flow_rows(nodes, args) -> list[str]:
     if args.medium_flux:
         model = medium_flux(tiny_flow_models)
         cond = tiny_flow_models.tiny_flow_conditioning(tiny_flow_models.FLUX_DEV, 1, MEDIUM_FLUX_TOKENS)
+        medium_variants = {label: FLOW_VARIANTS[label] for label in ("Euler inversion", "FireFlow")}
         rows += bench_model(nodes, f"Flux architecture {MEDIUM_FLUX_WIDTH} wide 32x32, cfg 1.0", model, cond,
                             tiny_flow_models.tiny_flow_latent(tiny_flow_models.FLUX_DEV, 3, 1, 32, 32), FLOW_STEPS,
-                            1.0, 1, "euler", default_scheduler(model), FLOW_VARIANTS)
+                            1.0, args.repeats, "euler", default_scheduler(model), medium_variants)
     return rows
 
 

@@ -6,7 +6,15 @@ import torch
 
 from .errors import InvEditInputError
 from .fingerprint import architecture_fingerprint
-from .model_info import LATENT_PIXEL_RATIO, diffusion_process, latent_channels, latent_has_frames, smallest_latent_side
+from .model_info import (
+    LATENT_PIXEL_RATIO,
+    context_width,
+    diffusion_process,
+    is_flow_model,
+    latent_channels,
+    latent_has_frames,
+    smallest_latent_side,
+)
 
 IMAGE_LATENT_DIMS = 4
 """``[B, C, H, W]``: the latent of an image for SD1.x / SDXL / SD3 / Flux / Chroma."""
@@ -118,6 +126,16 @@ def check_inversion_model(model, record) -> None:
         )
 
 
+def check_unet_attention(model, what: str) -> None:
+    """Refuse a rectified-flow model where InvEdit edits UNet cross-attention (Prompt-to-Prompt)."""
+    if is_flow_model(model):
+        raise InvEditInputError(
+            f"InvEdit's {what} edits the cross-attention layers of UNets (SD1.x, SD2.x, SDXL); this is a rectified-"
+            "flow model (joint attention of text and image), which it does not edit. Reconstruct or edit it by "
+            "prompt with InvEdit Reconstruct or InvEdit Inversion Guider, or use a UNet model."
+        )
+
+
 def check_conditioning(model, conditioning, what: str) -> None:
     """Refuse an empty CONDITIONING, or one whose text context has another width than the model takes."""
     if not isinstance(conditioning, list) or not conditioning:
@@ -125,7 +143,7 @@ def check_conditioning(model, conditioning, what: str) -> None:
             f"The {what} CONDITIONING is empty (no prompt in it): connect a CLIP Text Encode output "
             "(an empty text is fine)."
         )
-    width = getattr(model.model.model_config, "unet_config", {}).get("context_dim")
+    width = context_width(model)
     for entry in conditioning:
         context = entry[0] if isinstance(entry, (list, tuple)) and entry else None
         if width is not None and isinstance(context, torch.Tensor) and context.ndim == 3 and context.shape[-1] != width:

@@ -101,6 +101,16 @@ def latent_channels(model) -> int:
     return model.get_model_object("latent_format").latent_channels
 
 
+def context_width(model) -> int | None:
+    """Width of the text context the model reads (its config's name for it differs by family), or None."""
+    config = getattr(model.model.model_config, "unet_config", {})
+    for key in ("context_dim", "context_in_dim", "joint_attention_dim"):  # UNets; Flux / Chroma; Qwen-Image
+        if config.get(key) is not None:
+            return int(config[key])
+    embedder = config.get("context_embedder_config") or {}  # SD3's MMDiT
+    return embedder.get("params", {}).get("in_features")
+
+
 def latent_has_frames(model) -> bool:
     """Whether ``model``'s latents are 5-D ``[B, C, T, H, W]`` (Qwen-Image's Wan 2.1 format; video models)."""
     return model.get_model_object("latent_format").latent_dimensions == 3
