@@ -208,7 +208,7 @@ def test_distilled_guidance_goes_on_a_copy_of_the_prompt_of_guidance_distilled_m
     assert schnell_one.settings["distilled_guidance"] is None and "guidance" not in schnell_one.positive[0][1]
 
 
-@pytest.mark.parametrize("family", [tfm.QWEN_IMAGE, tfm.FLUX_DEV])
+@pytest.mark.parametrize("family", tfm.FAMILIES)
 def test_inversion_sampler_and_replay_sampler_in_sampler_custom_advanced(graph, run_graph, family):
     """The Inversion Sampler gives the node's noise bit for bit; the Replay Sampler (no noise scaling) replays it
     to the Reconstruct result bit for bit, with euler and with fireflow."""
@@ -242,13 +242,15 @@ def test_inversion_sampler_and_replay_sampler_in_sampler_custom_advanced(graph, 
         assert torch.equal(results[f"{solver} replayed"]["samples"], results[f"{solver} reconstructed"]["samples"])
 
 
-def test_inversion_guider_with_stock_euler_or_the_replay_sampler(pack_nodes):
-    """SD3.5 at cfg 3 with a negative prompt: InvEdit Inversion Guider + the NOISE + stock euler is InvEdit
-    Reconstruct to float rounding; with the Replay Sampler and the noise LATENT bit for bit."""
-    model, prompt, latent = inputs(tfm.SD35)
-    negative = tfm.tiny_flow_conditioning(tfm.SD35, 2)
-    noise, inversion, sigmas = invert(pack_nodes, tfm.SD35)
-    ours = reconstruct(pack_nodes, tfm.SD35, inversion, cfg=3.0)
+@pytest.mark.parametrize("family", tfm.FAMILIES)
+def test_inversion_guider_with_stock_euler_or_the_replay_sampler(pack_nodes, family):
+    """At cfg 3 with a negative prompt: InvEdit Inversion Guider + the NOISE + stock euler is InvEdit Reconstruct
+    to float rounding; with the Replay Sampler and the noise LATENT bit for bit."""
+    model, prompt, latent = inputs(family)
+    prompt = reconstruction_prompt(family, prompt)
+    negative = tfm.tiny_flow_conditioning(family, 2)
+    noise, inversion, sigmas = invert(pack_nodes, family)
+    ours = reconstruct(pack_nodes, family, inversion, cfg=3.0)
     guider = pack_nodes["InvEditInversionGuider"].execute(model=model, positive=prompt, inversion=inversion, cfg=3.0,
                                                           negative=negative).result[0]
     sample = nodes.NODE_CLASS_MAPPINGS["SamplerCustomAdvanced"]().sample
@@ -264,7 +266,7 @@ def test_inversion_guider_with_stock_euler_or_the_replay_sampler(pack_nodes):
     assert relative_error(ours, latent["samples"]) > EULER_BOUND  # cfg 3 shows the guidance gap
 
 
-@pytest.mark.parametrize("family,solver", [(tfm.SD35, "euler"), (tfm.QWEN_IMAGE, "fireflow"), (tfm.FLUX_DEV, "euler")])
+@pytest.mark.parametrize("family,solver", [*((family, "euler") for family in tfm.FAMILIES), (tfm.QWEN_IMAGE, "fireflow")])
 def test_direct_inversion_reconstructs_the_source_at_any_cfg(pack_nodes, family, solver):
     """Direct inversion pins the source rows to the trajectory: Reconstruct at cfg 4 returns the source latent
     (to the float rounding of the latent format's scale and shift); without it, cfg 4 misses by far."""
@@ -275,24 +277,27 @@ def test_direct_inversion_reconstructs_the_source_at_any_cfg(pack_nodes, family,
     assert relative_error(reconstruct(pack_nodes, family, inversion, cfg=4.0), source) > EULER_BOUND
 
 
-def test_save_and_load_a_qwen_image_inversion(pack_nodes, tiny_model, tmp_path, monkeypatch):
-    """The 5-D trajectory, the solver and the family survive a file; Load checks the latent in either layout and
-    refuses a UNet, naming both families."""
+@pytest.mark.parametrize("family", tfm.FAMILIES)
+def test_save_and_load_a_flow_inversion(pack_nodes, tiny_model, tmp_path, monkeypatch, family):
+    """The trajectory (5-D for Qwen-Image), the solver and the family survive a file; Load checks the latent (for
+    Qwen-Image in either layout) and refuses a UNet, naming both families."""
     import folder_paths
 
     monkeypatch.setattr(folder_paths, "get_output_directory", lambda: str(tmp_path))
-    model, _, latent = inputs(tfm.QWEN_IMAGE)
-    _, inversion, _ = invert(pack_nodes, tfm.QWEN_IMAGE, solver="fireflow")
-    pack_nodes["InvEditSaveInversion"].execute(inversion=inversion, file_name="qwen", overwrite=True)
-    four_d = {"samples": latent["samples"][:, :, 0]}
+    model, _, latent = inputs(family)
+    _, inversion, _ = invert(pack_nodes, family, steps=8, solver="fireflow")
+    pack_nodes["InvEditSaveInversion"].execute(inversion=inversion, file_name=family, overwrite=True)
+    if family == tfm.QWEN_IMAGE:
+        latent = {"samples": latent["samples"][:, :, 0]}  # the 4-D layout is checked as the 5-D one
     with torch.inference_mode():
-        noise, loaded, sigmas = pack_nodes["InvEditLoadInversion"].execute(model=model, file_name="qwen",
-                                                                           latent=four_d).result
+        noise, loaded, sigmas = pack_nodes["InvEditLoadInversion"].execute(model=model, file_name=family,
+                                                                           latent=latent).result
     assert torch.equal(loaded.trajectory.latents, inversion.trajectory.latents)
-    assert loaded.trajectory.latents.ndim == 6 and loaded.trajectory.config.solver == "fireflow"
-    assert loaded.settings["process"] == "rectified-flow" and torch.equal(sigmas, inversion.sampling_sigmas)
+    assert loaded.trajectory.config.solver == "fireflow" and loaded.settings["process"] == "rectified-flow"
+    assert loaded.trajectory.latents.ndim == (6 if family == tfm.QWEN_IMAGE else 5)
+    assert torch.equal(sigmas, inversion.sampling_sigmas)
     with pytest.raises(ValueError, match="rectified-flow model.*DDPM-family UNet"):
-        pack_nodes["InvEditLoadInversion"].execute(model=tiny_model("sd15"), file_name="qwen")
+        pack_nodes["InvEditLoadInversion"].execute(model=tiny_model("sd15"), file_name=family)
 
 
 # --- refusals ---------------------------------------------------------------------------------
