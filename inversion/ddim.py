@@ -381,7 +381,7 @@ def replay(denoiser: Denoiser, sigmas: torch.Tensor, x_noise: torch.Tensor,
         denoiser: ``(x [B,C,...], sigma [B]) -> x0 [B,C,...]``.
         sigmas: 1-D schedule, ascending or descending; it is walked from high to low.
         x_noise: ``[B, C, ...]`` state at the highest level.
-        callback: called after each step.
+        callback: called at each step with the state it starts from and the (last) clean estimate.
         pin: direct inversion of some rows (its targets must follow this schedule).
         process: the model family's forward process (for the scale of the returned latent).
         solver: ``"euler"`` (one call per step) or ``"fireflow"`` (N + 1 calls; the sampler of a
