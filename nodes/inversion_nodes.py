@@ -12,6 +12,7 @@ from comfy_api.latest import io, ui
 
 from ..inversion import InversionConfig, InversionTrajectory, SourcePin
 from ..inversion.record import InversionRecord, tensor_sha256
+from ..inversion.solvers import SOLVER_FIXED_POINT
 from .checks import check_latent
 from .conditioning import with_distilled_guidance
 from .errors import InvEditInputError
@@ -41,7 +42,9 @@ MAX_DISTILLED_GUIDANCE = 100.0
 def inversion_report(trajectory: InversionTrajectory, steps: int, cfg: float, distilled_guidance: Optional[float]) -> str:
     """A line for the node's report: the solver, its model calls and the guidance used."""
     config = trajectory.config
-    solver = config.solver if config.solver != "fixed-point" else f"fixed-point (k = {config.fixed_point_iterations})"
+    solver = config.solver
+    if solver == SOLVER_FIXED_POINT:
+        solver = f"{solver} (k = {config.fixed_point_iterations})"
     rows = "1 row each" if cfg == 1.0 else f"2 rows each: cfg {cfg:g}"
     text = f"{solver} inversion ({config.process}): {steps} steps, {trajectory.model_calls} model calls ({rows})"
     if distilled_guidance is not None:

@@ -6,14 +6,13 @@ import math
 
 import pytest
 import torch
-from analytic import GaussianDenoiser, GaussianFlowDenoiser, ddim_levels, flow_levels, sd_sigmas
+from analytic import GaussianDenoiser, ddim_levels, flow_levels
 
 from invedit.inversion import InversionConfig, WarmStartConfig, invert, replay
 from invedit.inversion.process import RECTIFIED_FLOW
 from invedit.inversion.record import InversionRecord, Unconditioning
 from invedit.inversion.solvers import model_calls, replay_solver
 
-SD_FLOOR = float(sd_sigmas()[0])
 FLOW_FLOOR = 3.0 * 0.001 / (1 + 2.0 * 0.001)  # SD3's lowest level (shift 3, timestep 1 of 1000)
 FLOW = {"process": "rectified-flow", "prediction_type": "velocity", "sigma_floor": FLOW_FLOOR}
 
