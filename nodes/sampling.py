@@ -130,7 +130,7 @@ def replay_sampler(pin: Optional[SourcePin] = None, solver: str = SOLVER_EULER) 
 
 
 def inversion_noise_latent(model, record) -> torch.Tensor:
-    """An INVERSION's noise as raw VAE-latent ``samples`` for ``model`` (its family and architecture checked)."""
+    """An INVERSION's noise as raw VAE-latent ``samples`` for ``model`` (family, latent format, architecture checked)."""
     check_inversion_model(model, record)
     return model.model.process_latent_out(record.trajectory.noise.clone())
 
