@@ -1,7 +1,8 @@
 """Pure-torch inversion library of InvEdit (no ComfyUI imports).
 
-Entry points: :func:`invert` (DDIM inversion with optional EasyInv and forward warm
-start) and :func:`replay` (its exact deterministic reconstruction).
+Entry points: :func:`invert` (DDIM / rectified-flow Euler inversion, or the FireFlow and
+fixed-point solvers, with optional EasyInv and forward warm start) and :func:`replay` (its
+deterministic reconstruction).
 """
 
 from .ddim import (
@@ -22,6 +23,7 @@ from .ddim import (
     replay,
 )
 from .easyinv import PRESETS as EASYINV_PRESETS
+from .solvers import SOLVER_EULER, SOLVER_FIREFLOW, SOLVER_FIXED_POINT, SOLVERS
 from .easyinv import EasyInvConfig
 from .warm_start import WarmStartConfig
 
@@ -40,6 +42,10 @@ __all__ = [
     "V_CONVERSIONS",
     "V_CONVERSION_QUERY",
     "V_CONVERSION_STATE",
+    "SOLVERS",
+    "SOLVER_EULER",
+    "SOLVER_FIREFLOW",
+    "SOLVER_FIXED_POINT",
     "SourcePin",
     "WarmStartConfig",
     "invert",

@@ -36,6 +36,10 @@ prediction to eps exist:
   DDIMInverseScheduler does (for agreement with that reference; DDPM family only).
 
 For eps-prediction and flow models both are the same.
+
+The timestep rule and the v conversion concern the Euler solver; the higher-accuracy solvers
+(:mod:`.solvers`: FireFlow's midpoint step, fixed-point iteration of the implicit step) read each
+slope at the state's own level, as the sampler that reconstructs them does.
 """
 
 from __future__ import annotations
@@ -49,6 +53,17 @@ from . import easyinv as easyinv_lib
 from . import warm_start as warm_start_lib
 from .levels import alpha_bar, as_ascending_levels
 from .process import DDPM, DiffusionProcess, process_named
+from .solvers import (
+    DEFAULT_FIXED_POINT_ITERATIONS,
+    SOLVER_EULER,
+    SOLVER_FIREFLOW,
+    SOLVER_FIXED_POINT,
+    SlopeAt,
+    StepSlope,
+    check_solver,
+    fireflow_slope,
+    fixed_point_slope,
+)
 from .steps import denoising_step, euler_step, ode_slope
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -89,6 +104,10 @@ class InversionConfig:
         warm_start: forward-diffusion warm start, or None.
         process: name of the model family's forward process (:data:`.process.PROCESSES`):
             ``"ddpm"`` for SD1.x / SD2.x / SDXL, ``"rectified-flow"`` for flow transformers.
+        solver: ``"euler"``, ``"fireflow"`` or ``"fixed-point"`` (:mod:`.solvers`): N, N + 1 or
+            k N model calls for N steps.
+        fixed_point_iterations: ``k``, the model calls per step of the fixed-point solver (k >= 1;
+            1 is the Euler reference rule).
     """
 
     timestep_rule: str = RULE_REFERENCE
@@ -98,6 +117,8 @@ class InversionConfig:
     easyinv: Optional[easyinv_lib.EasyInvConfig] = None
     warm_start: Optional[warm_start_lib.WarmStartConfig] = None
     process: str = DDPM.name
+    solver: str = SOLVER_EULER
+    fixed_point_iterations: int = DEFAULT_FIXED_POINT_ITERATIONS
 
     def __post_init__(self) -> None:
         if self.timestep_rule not in TIMESTEP_RULES:
@@ -116,6 +137,15 @@ class InversionConfig:
             )
         if self.v_conversion == V_CONVERSION_STATE and is_flow:
             raise ValueError(f"v_conversion {V_CONVERSION_STATE!r} applies to DDPM-family v-prediction models only.")
+        check_solver(self.solver)
+        if isinstance(self.fixed_point_iterations, bool) or not isinstance(self.fixed_point_iterations, int) \
+                or self.fixed_point_iterations < 1:
+            raise ValueError(f"fixed_point_iterations must be an integer >= 1, got {self.fixed_point_iterations!r}.")
+        if self.v_conversion == V_CONVERSION_STATE and self.solver != SOLVER_EULER:
+            raise ValueError(
+                f"v_conversion {V_CONVERSION_STATE!r} (diffusers' convention) applies to the {SOLVER_EULER!r} solver "
+                f"only; the {self.solver!r} solver reads v the way the sampler does."
+            )
 
     @property
     def forward_process(self) -> DiffusionProcess:
@@ -133,7 +163,8 @@ class InversionTrajectory:
             (after any EasyInv aggregation, on the forward-diffusion path for warm-started
             steps) and ``latents[N]`` is the inverted noise, all states of the model family's
             forward process (``x = x0 + sigma*eps`` or ``x = (1-sigma) x0 + sigma*eps``).
-        model_calls: number of denoiser evaluations made.
+        model_calls: number of denoiser evaluations made (each a guided call: with CFG the
+            model runs its conditional and unconditional rows in it).
         config: the settings used.
     """
 
@@ -174,10 +205,11 @@ def predict_slope(denoiser: Denoiser, x: torch.Tensor, sigma_from: torch.Tensor,
     """
     batch = x.shape[0]
     process = config.forward_process
-    x_query = process.rescale(x, sigma_from, sigma_query)
+    same_level = bool(sigma_query == sigma_from)
+    x_query = x if same_level else process.rescale(x, sigma_from, sigma_query)
     x0_query = denoiser(x_query, sigma_query * x.new_ones([batch]))
     convert_at_state = config.prediction_type == PREDICTION_V and config.v_conversion == V_CONVERSION_STATE
-    if not convert_at_state or bool(sigma_query == sigma_from):
+    if not convert_at_state or same_level:
         slope = ode_slope(x_query, x0_query, sigma_query)
     else:
         # v = sqrt(abar_q) eps - sqrt(1 - abar_q) x0 as predicted at the query level;
@@ -188,6 +220,54 @@ def predict_slope(denoiser: Denoiser, x: torch.Tensor, sigma_from: torch.Tensor,
         v = (abar_query.sqrt() * z - x0_query) / (1.0 - abar_query).sqrt()
         slope = abar_from.sqrt() * v + (1.0 - abar_from).sqrt() * z
     return slope, x - sigma_from * slope
+
+
+def slope_at_level(denoiser: Denoiser, process: DiffusionProcess, sigma_floor: Optional[float]) -> SlopeAt:
+    """The slope of a state at its own level, as a sampler reads it: ``(x - x0) / sigma``, one model call.
+
+    At sigma 0 the slope cannot be read from a clean estimate (``(x - x0) / 0``), so it is read at
+    the model's lowest level ``sigma_floor`` with the same model input, as the simple rule does.
+    Returns ``slope_at(x, sigma) -> (slope, x0)`` with ``x0`` the model's clean estimate.
+    """
+
+    def slope_at(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sigma_query = query_sigma(RULE_SIMPLE, sigma, sigma, sigma_floor)
+        x_query = x if bool(sigma_query == sigma) else process.rescale(x, sigma, sigma_query)
+        x0_pred = denoiser(x_query, sigma_query * x.new_ones([x.shape[0]]))
+        return ode_slope(x_query, x0_pred, sigma_query), x0_pred
+
+    return slope_at
+
+
+def step_slope(denoiser: Denoiser, x: torch.Tensor, sigma_from: torch.Tensor, sigma_to: torch.Tensor,
+               config: InversionConfig, carried: Optional[torch.Tensor] = None) -> StepSlope:
+    """The slope with which ``config.solver`` moves ``x`` from ``sigma_from`` up to ``sigma_to``.
+
+    ``carried`` is FireFlow's velocity from the previous step (None on the first step).
+    """
+    if config.solver == SOLVER_FIREFLOW:
+        return fireflow_slope(slope_at_level(denoiser, config.forward_process, config.sigma_floor), x, sigma_from,
+                              sigma_to, carried)
+    if config.solver == SOLVER_FIXED_POINT:
+        # The first iterate is the reference rule's query point: the current latent seen at sigma_to.
+        first_guess = config.forward_process.rescale(x, sigma_from, sigma_to)
+        return fixed_point_slope(slope_at_level(denoiser, config.forward_process, config.sigma_floor), x,
+                                 sigma_from, sigma_to, first_guess, config.fixed_point_iterations)
+    sigma_query = query_sigma(config.timestep_rule, sigma_from, sigma_to, config.sigma_floor)
+    slope, x0_pred = predict_slope(denoiser, x, sigma_from, sigma_query, config)
+    return StepSlope(slope, x0_pred)
+
+
+class CallCounter:
+    """A denoiser that counts its calls (what a trajectory's ``model_calls`` reports)."""
+
+    def __init__(self, denoiser: Denoiser) -> None:
+        self.denoiser = denoiser
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.denoiser(x, sigma)
 
 
 def _aggregate_at(process: DiffusionProcess, x: torch.Tensor, sigma: torch.Tensor, x_prev: torch.Tensor,
@@ -214,13 +294,17 @@ def invert(denoiser: Denoiser, sigmas: torch.Tensor, x_clean: torch.Tensor,
         denoiser: ``(x [B,C,...], sigma [B]) -> x0 [B,C,...]``, guidance applied inside.
         sigmas: 1-D schedule, ascending or descending (ComfyUI SIGMAS); ``N + 1`` levels.
         x_clean: ``[B, C, ...]`` clean latent in the model's own (scaled) units.
-        config: timestep rule, prediction type, forward process, EasyInv and warm-start settings.
-        callback: called after each model call (progress, previews, interruption).
+        config: solver, timestep rule, prediction type, forward process, EasyInv and warm-start settings.
+        callback: called after each step (progress, previews, interruption).
 
     Returns:
         The :class:`InversionTrajectory`; its ``noise`` regenerates ``x_clean`` under
-        :func:`replay` with the same schedule and denoiser. ``N - k`` model calls are made
-        (``k`` warm-started steps); EasyInv adds none.
+        :func:`replay` with the same schedule, denoiser and the solver's replay solver. With ``k``
+        warm-started steps the Euler solver makes ``N - k`` model calls, FireFlow ``N - k + 1`` and
+        the fixed-point solver ``iterations * (N - k)``; EasyInv adds none. The trajectory counts them.
+
+    EasyInv's input variant moves the aggregated latent with the slope the solver found for the
+    un-aggregated one (the official code's order for DDIM, kept for every solver).
     """
     levels = as_ascending_levels(sigmas).to(device=x_clean.device)
     n_steps = levels.numel() - 1
@@ -228,6 +312,7 @@ def invert(denoiser: Denoiser, sigmas: torch.Tensor, x_clean: torch.Tensor,
     first_step = warm.replaced_steps(n_steps) if warm is not None else 0
     agg = config.easyinv
     process = config.forward_process
+    counted = CallCounter(denoiser)
     x = process.from_model_scale(x_clean, levels[0])
     latents: list[torch.Tensor] = []
     x_prev, sigma_prev = None, None
@@ -236,25 +321,25 @@ def invert(denoiser: Denoiser, sigmas: torch.Tensor, x_clean: torch.Tensor,
         latents, x = path[:-1], path[-1]
         x_prev, sigma_prev = path[-2], levels[first_step - 1]
 
+    carried = None
     for i in range(first_step, n_steps):
         sigma_from, sigma_to = levels[i], levels[i + 1]
-        sigma_q = query_sigma(config.timestep_rule, sigma_from, sigma_to, config.sigma_floor)
-        slope, x0_pred = predict_slope(denoiser, x, sigma_from, sigma_q, config)
+        step = step_slope(counted, x, sigma_from, sigma_to, config, carried)
+        carried = step.carried
         aggregating = agg is not None and easyinv_lib.in_window(i, n_steps, agg)
         if aggregating and agg.variant == easyinv_lib.AGGREGATE_INPUT and x_prev is not None:
             x = _aggregate_at(process, x, sigma_from, x_prev, sigma_prev, agg.eta)
         latents.append(x)
-        x_next = euler_step(x, slope, sigma_from, sigma_to)
+        x_next = euler_step(x, step.slope, sigma_from, sigma_to)
         if aggregating and agg.variant == easyinv_lib.AGGREGATE_OUTPUT:
             x_next = _aggregate_at(process, x_next, sigma_to, x, sigma_from, agg.eta)
         x_prev, sigma_prev = x, sigma_from
         if callback is not None:
-            callback({"x": x_next, "i": i, "sigma": sigma_to, "sigma_hat": sigma_q, "denoised": x0_pred})
+            callback({"x": x_next, "i": i, "sigma": sigma_to, "sigma_hat": sigma_to, "denoised": step.x0_pred})
         x = x_next
 
     latents.append(x)
-    return InversionTrajectory(sigmas=levels, latents=torch.stack(latents), model_calls=n_steps - first_step,
-                               config=config)
+    return InversionTrajectory(sigmas=levels, latents=torch.stack(latents), model_calls=counted.calls, config=config)
 
 
 @dataclass(frozen=True)
@@ -289,31 +374,43 @@ class SourcePin:
 
 def replay(denoiser: Denoiser, sigmas: torch.Tensor, x_noise: torch.Tensor,
            callback: Optional[StepCallback] = None, pin: Optional[SourcePin] = None,
-           process: DiffusionProcess = DDPM) -> torch.Tensor:
-    """Deterministic sampling (DDIM eta 0 / flow Euler) down a schedule: the reconstruction of :func:`invert`.
+           process: DiffusionProcess = DDPM, solver: str = SOLVER_EULER) -> torch.Tensor:
+    """Deterministic sampling (DDIM eta 0 / flow Euler, or FireFlow) down a schedule: the reconstruction of :func:`invert`.
 
     Args:
         denoiser: ``(x [B,C,...], sigma [B]) -> x0 [B,C,...]``.
         sigmas: 1-D schedule, ascending or descending; it is walked from high to low.
         x_noise: ``[B, C, ...]`` state at the highest level.
-        callback: called after each model call.
+        callback: called at each step with the state it starts from and the (last) clean estimate.
         pin: direct inversion of some rows (its targets must follow this schedule).
         process: the model family's forward process (for the scale of the returned latent).
+        solver: ``"euler"`` (one call per step) or ``"fireflow"`` (N + 1 calls; the sampler of a
+            FireFlow inversion, :func:`.solvers.replay_solver`).
 
     Returns:
         ``[B, C, ...]``: the model-scale latent at the lowest level, i.e. the clean latent
-        when the schedule ends at 0. Each step is computed exactly as ComfyUI's euler
+        when the schedule ends at 0. Each Euler step is computed exactly as ComfyUI's euler
         sampler computes it, so a schedule ending at 0 reproduces stock ``ddim`` / ``euler`` bit for bit.
     """
+    if solver not in (SOLVER_EULER, SOLVER_FIREFLOW):
+        raise ValueError(f"replay samples with {SOLVER_EULER!r} or {SOLVER_FIREFLOW!r}, got {solver!r}.")
     levels = as_ascending_levels(sigmas).flip(0).to(device=x_noise.device)
     x = x_noise
     unit = x.new_ones([x.shape[0]])
+    slope_at = slope_at_level(denoiser, process, sigma_floor=None)  # sampling never reads a slope at sigma 0
+    carried = None
     for i in range(levels.numel() - 1):
         sigma, sigma_next = levels[i], levels[i + 1]
-        x0_pred = denoiser(x, sigma * unit)
+        if solver == SOLVER_FIREFLOW:
+            step = fireflow_slope(slope_at, x, sigma, sigma_next, carried)
+            carried, x0_pred = step.carried, step.x0_pred
+            x_next = euler_step(x, step.slope, sigma, sigma_next)
+        else:
+            x0_pred = denoiser(x, sigma * unit)
+            x_next = denoising_step(x, x0_pred, sigma, sigma_next)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x0_pred})
-        x = denoising_step(x, x0_pred, sigma, sigma_next)
+        x = x_next
         if pin is not None:
             x = pin.apply(i, x)
     return process.to_model_scale(x, levels[-1])

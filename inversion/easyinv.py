@@ -5,8 +5,11 @@ Inside an early window of the inversion the latent is pulled towards the previou
 
     z <- eta * z + (1 - eta) * z_prev
 
-on the DDPM scale (``z = x / sqrt(1 + sigma^2)``), which damps the error that DDIM
-inversion accumulates. No extra model calls are made.
+on the model scale, the latent as the model sees it: the DDPM scale ``z = x / sqrt(1 + sigma^2)``
+for UNets (as the official code mixes DDPM latents), the state ``x = (1 - sigma) x0 + sigma eps``
+itself for rectified flow, whose model input it is (:mod:`.process`). Mixing there keeps the
+mixed latent a plausible model input of its level: both mixed latents are on the same scale.
+It damps the error that the inversion accumulates. No extra model calls are made.
 
 Two variants exist in the official repository and both are offered:
 

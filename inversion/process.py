@@ -37,6 +37,8 @@ class DiffusionProcess:
     """The rule of one model family (see the module docstring). Stateless; compare by :attr:`name`."""
 
     name: str = ""
+    family: str = ""
+    """The models it describes, in words (for messages)."""
     top_sigma: float | None = None
     """The highest level the family reaches (1 for rectified flow: pure noise), or None."""
 
@@ -64,6 +66,7 @@ class DiscreteDDPM(DiffusionProcess):
     """SD1.x / SD2.x / SDXL: ``x = x0 + sigma * eps``, model input ``x / sqrt(1 + sigma^2)``."""
 
     name = "ddpm"
+    family = "DDPM-family UNet (SD1.x, SD2.x, SDXL)"
 
     def to_model_scale(self, x: torch.Tensor, sigma: SigmaLike) -> torch.Tensor:
         return x / vp_scale(sigma)
@@ -79,6 +82,7 @@ class RectifiedFlow(DiffusionProcess):
     """SD3 / Flux / Chroma / Qwen-Image: ``x = (1 - sigma) * x0 + sigma * eps``, model input ``x``."""
 
     name = "rectified-flow"
+    family = "rectified-flow model (SD3 / SD3.5, Flux, Chroma, Qwen-Image, HiDream, Lumina 2)"
     top_sigma = 1.0
 
     def to_model_scale(self, x: torch.Tensor, sigma: SigmaLike) -> torch.Tensor:
@@ -103,3 +107,4 @@ def process_named(name: str) -> DiffusionProcess:
         return PROCESSES[name]
     except KeyError:
         raise ValueError(f"Unknown diffusion process {name!r}; known: {sorted(PROCESSES)}.") from None
+

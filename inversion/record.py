@@ -9,6 +9,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from .ddim import InversionTrajectory
+from .solvers import SOLVER_EULER, replay_solver
 
 METHOD_NULL_TEXT = "null-text"
 METHOD_NEGATIVE_PROMPT = "negative-prompt"
@@ -76,6 +77,18 @@ class InversionRecord:
     def steps(self) -> int:
         """Number of sampling steps ``N``."""
         return self.sampling_sigmas.numel() - 1
+
+    @property
+    def replay_solver(self) -> str:
+        """The sampling solver that reconstructs this inversion (:func:`.solvers.replay_solver`).
+
+        Euler when the record carries per-step null-text contexts: they are paired with the model
+        calls of Euler steps, at the sampling sigmas.
+        """
+        uncond = self.unconditioning
+        if uncond is not None and uncond.step_contexts is not None:
+            return SOLVER_EULER
+        return replay_solver(self.trajectory.config.solver)
 
     def step_targets(self) -> torch.Tensor:
         """``[N, B, C, H, W]``: the recorded state each sampling step must land on.

@@ -7,7 +7,8 @@ values.
 
 File layout (a plain safetensors file):
 
-* tensors: ``trajectory.sigmas`` ``[N+1]``, ``trajectory.latents`` ``[N+1, B, C, H, W]``,
+* tensors: ``trajectory.sigmas`` ``[N+1]``, ``trajectory.latents`` ``[N+1, B, C, H, W]`` (``[N+1, B, C,
+  1, H, W]`` for Qwen-Image),
   ``sampling_sigmas`` ``[N+1]``, ``unconditioning.step_contexts`` ``[N, B, L, D]`` (when
   present) and the tensors found inside the CONDITIONINGs, settings and report, named
   ``<owner>.<n>`` (``positive.0``, ``negative.1``, ...) in the order they are met;
@@ -60,6 +61,9 @@ TRAJECTORY_SIGMAS = "trajectory.sigmas"
 TRAJECTORY_LATENTS = "trajectory.latents"
 SAMPLING_SIGMAS = "sampling_sigmas"
 STEP_CONTEXTS = "unconditioning.step_contexts"
+
+TRAJECTORY_DIMS = (5, 6)
+"""``[N+1, B, C, H, W]``, or ``[N+1, B, C, 1, H, W]`` for models with 5-D latents (Qwen-Image)."""
 
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -310,7 +314,7 @@ def record_from_file_parts(tensors: dict[str, torch.Tensor], metadata: Optional[
     latents = _tensor(tensors, TRAJECTORY_LATENTS, "trajectory")
     sigmas = _tensor(tensors, TRAJECTORY_SIGMAS, "trajectory")
     sampling_sigmas = _tensor(tensors, SAMPLING_SIGMAS, "record")
-    if latents.ndim != 5 or sigmas.ndim != 1 or sigmas.numel() != latents.shape[0] or sampling_sigmas.ndim != 1:
+    if latents.ndim not in TRAJECTORY_DIMS or sigmas.ndim != 1 or sigmas.numel() != latents.shape[0] or sampling_sigmas.ndim != 1:
         raise _corrupt(f"the trajectory shapes do not fit (latents {tuple(latents.shape)}, sigmas "
                        f"{tuple(sigmas.shape)}, sampling sigmas {tuple(sampling_sigmas.shape)})")
     trajectory = InversionTrajectory(

@@ -7,8 +7,10 @@ first ``k`` inversion steps by one jump of forward diffusion with fresh noise,
 
     x_k = x0 + sigma_k * eps,   eps ~ N(0, I) from its own seed
 
-(``z_k = sqrt(abar_k) z0 + sqrt(1 - abar_k) eps`` on the DDPM scale), decorrelates the
-latent; different seeds give different, stochastic edits of one image. The latent lands
+(``z_k = sqrt(abar_k) z0 + sqrt(1 - abar_k) eps`` on the DDPM scale), or for rectified-flow
+models their own forward process ``x_k = (1 - sigma_k) x0 + sigma_k * eps``
+(:meth:`.process.DiffusionProcess.diffuse`), decorrelates the latent; different seeds give
+different, stochastic edits of one image. The latent lands
 exactly on level ``k`` of the inversion schedule, where inversion step ``k`` starts. No
 model call is made for the replaced steps.
 """

@@ -33,6 +33,7 @@ from ..attention import AttentionContext, AttentionSite, PromptToPrompt
 from ..inversion import SourcePin
 from ..inversion.null_text import REFERENCE_GUIDANCE
 from ..inversion.steps import denoised_landing_on, denoising_step
+from .checks import check_unet_attention
 from .errors import InvEditInputError
 from .guiders import InversionGuider
 from .schedules import step_for_sigma
@@ -221,6 +222,7 @@ class P2PGuider(InversionGuider):
     """
 
     def __init__(self, model, record, positive, controller: PromptToPrompt, negative=None, cfg: float = REFERENCE_GUIDANCE):
+        check_unet_attention(model, "Prompt-to-Prompt")
         self.rows = 1 + len(controller.edits)
         _check_single_image(record)
         self.run = EditRun(controller, record.sampling_sigmas)

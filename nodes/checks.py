@@ -8,7 +8,21 @@ import comfy.samplers
 
 from .errors import InvEditInputError
 from .fingerprint import architecture_fingerprint
-from .model_info import LATENT_PIXEL_RATIO, latent_channels, smallest_latent_side
+from .model_info import (
+    LATENT_PIXEL_RATIO,
+    context_width,
+    diffusion_process,
+    is_flow_model,
+    latent_channels,
+    latent_has_frames,
+    smallest_latent_side,
+)
+
+IMAGE_LATENT_DIMS = 4
+"""``[B, C, H, W]``: the latent of an image for SD1.x / SDXL / SD3 / Flux / Chroma."""
+FRAMED_LATENT_DIMS = 5
+"""``[B, C, T, H, W]``: the latent format of Qwen-Image (Wan 2.1's VAE); an image is one frame, T = 1."""
+FRAME_AXIS = 2
 
 
 def check_latent_shape(model, shape: torch.Size) -> None:
@@ -31,14 +45,38 @@ def check_latent_shape(model, shape: torch.Size) -> None:
         )
 
 
-def check_latent(model, latent: dict) -> torch.Tensor:
-    """Return ``latent["samples"]`` after checking it fits ``model``; never modifies it."""
-    samples = latent.get("samples")
-    if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
+def image_latent_samples(model, samples) -> torch.Tensor:
+    """An image latent in the layout ``model`` takes: ``[B, C, H, W]``, or ``[B, C, 1, H, W]`` for 5-D formats.
+
+    A 4-D latent for a model with 5-D latents gets its frame axis (ComfyUI's samplers do the same to an
+    empty latent); 5-D latents are refused for 4-D models, and several frames (a video) everywhere.
+    """
+    framed = latent_has_frames(model)
+    if not isinstance(samples, torch.Tensor) or samples.ndim not in (IMAGE_LATENT_DIMS, FRAMED_LATENT_DIMS):
         raise InvEditInputError(
-            "The LATENT must hold a 4-D 'samples' tensor [batch, channels, height, width]: "
-            "connect a VAE Encode output (video latents are not supported)."
+            "The LATENT must hold a 4-D 'samples' tensor [batch, channels, height, width] ([batch, channels, 1, height, "
+            "width] for Qwen-Image): connect a VAE Encode output (video latents are not supported)."
         )
+    if samples.ndim == FRAMED_LATENT_DIMS and not framed:
+        raise InvEditInputError(
+            "The LATENT must hold a 4-D 'samples' tensor [batch, channels, height, width] for this model, but it is 5-D "
+            "(video latents are not supported): connect the VAE Encode output of an image, encoded with this model's "
+            "own VAE."
+        )
+    if samples.ndim == FRAMED_LATENT_DIMS and samples.shape[FRAME_AXIS] != 1:
+        raise InvEditInputError(
+            f"The LATENT holds {samples.shape[FRAME_AXIS]} frames [batch, channels, frames, height, width]; InvEdit "
+            "inverts images, one frame each (video latents are not supported): connect the VAE Encode output of one "
+            "image."
+        )
+    if framed and samples.ndim == IMAGE_LATENT_DIMS:
+        return samples.unsqueeze(FRAME_AXIS)
+    return samples
+
+
+def check_latent(model, latent: dict) -> torch.Tensor:
+    """Return ``latent["samples"]`` (in the layout the model takes) after checking it fits ``model``; never modifies it."""
+    samples = image_latent_samples(model, latent.get("samples"))
     check_latent_shape(model, samples.shape)
     if latent.get("noise_mask") is not None:
         raise InvEditInputError(
@@ -48,6 +86,18 @@ def check_latent(model, latent: dict) -> torch.Tensor:
     if not bool(torch.isfinite(samples).all()):
         raise InvEditInputError("The latent contains NaN or infinite values: check the VAE Encode input.")
     return samples
+
+
+def check_inversion_family(model, record) -> None:
+    """Refuse sampling (or loading) an INVERSION with a model of the other family (UNet vs rectified flow)."""
+    recorded = record.trajectory.config.forward_process
+    current = diffusion_process(model)
+    if recorded.name != current.name:  # by name: a record may come from another import of the pack
+        raise InvEditInputError(
+            f"This inversion was made with a {recorded.family}, but this model is a {current.family}: their "
+            "noises mean different things and cannot be sampled across. Sample it with the model the image was "
+            "inverted with, or invert the image again with this model."
+        )
 
 
 def check_inversion_fits(model, noise: torch.Tensor) -> None:
@@ -67,6 +117,7 @@ def check_inversion_model(model, record) -> None:
     another family, UNet configuration, prediction type or noise schedule is refused; other
     weights of the same architecture (a fine-tune, a LoRA) are not.
     """
+    check_inversion_family(model, record)
     check_inversion_fits(model, record.trajectory.noise)
     recorded = (record.settings or {}).get("model_fingerprint")
     if isinstance(recorded, dict) and recorded.get("architecture") not in (None, architecture_fingerprint(model)):
@@ -77,6 +128,16 @@ def check_inversion_model(model, record) -> None:
         )
 
 
+def check_unet_attention(model, what: str) -> None:
+    """Refuse a rectified-flow model where InvEdit edits UNet cross-attention (Prompt-to-Prompt)."""
+    if is_flow_model(model):
+        raise InvEditInputError(
+            f"InvEdit's {what} edits the cross-attention layers of UNets (SD1.x, SD2.x, SDXL); this is a rectified-"
+            "flow model (joint attention of text and image), which it does not edit. Reconstruct or edit it by "
+            "prompt with InvEdit Reconstruct or InvEdit Inversion Guider, or use a UNet model."
+        )
+
+
 def check_conditioning(model, conditioning, what: str) -> None:
     """Refuse an empty CONDITIONING, or one whose text context has another width than the model takes."""
     if not isinstance(conditioning, list) or not conditioning:
@@ -84,7 +145,7 @@ def check_conditioning(model, conditioning, what: str) -> None:
             f"The {what} CONDITIONING is empty (no prompt in it): connect a CLIP Text Encode output "
             "(an empty text is fine)."
         )
-    width = getattr(model.model.model_config, "unet_config", {}).get("context_dim")
+    width = context_width(model)
     for entry in conditioning:
         context = entry[0] if isinstance(entry, (list, tuple)) and entry else None
         if width is not None and isinstance(context, torch.Tensor) and context.ndim == 3 and context.shape[-1] != width:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+import node_helpers
 import torch
 
 from .errors import InvEditInputError
+from .model_info import has_guidance_embedding
 
 def single_entry(conditioning, what: str) -> tuple[torch.Tensor, dict]:
     """The ``(context [1, L, D], options)`` of a one-entry CONDITIONING, or a clear error."""
@@ -104,3 +106,14 @@ def uncond_context_wrapper(context_for: ContextForCall, previous: Optional[Calla
         return apply_model(args["input"], args["timestep"], **c)
 
     return wrapper
+
+
+def with_distilled_guidance(model, conditioning, guidance: float) -> tuple[Any, Optional[float]]:
+    """``(conditioning, guidance used)``: a copy of ``conditioning`` whose distilled ``guidance`` is ``guidance``.
+
+    Only guidance-distilled models (a guidance embedding: Flux dev, Krea, Kontext) read the value; for every
+    other model the conditioning is returned as it is, with None. The caller's conditioning is never changed.
+    """
+    if not has_guidance_embedding(model):
+        return conditioning, None
+    return node_helpers.conditioning_set_values(conditioning, {"guidance": guidance}), guidance

@@ -64,6 +64,33 @@ def prediction_name(model) -> str:
     return PREDICTION_VELOCITY if is_flow_model(model) else prediction_type(model)
 
 
+def has_guidance_embedding(model) -> bool:
+    """Whether a MODEL is guidance-distilled: it reads a ``guidance`` value through an embedding (Flux dev,
+    Krea, Kontext), instead of (or besides) classifier-free guidance."""
+    return bool(getattr(model.model.model_config, "unet_config", {}).get("guidance_embed", False))
+
+
+SCHEDULER_DDIM = "ddim_uniform"
+SCHEDULER_DISCRETE_FLOW = "normal"
+SCHEDULER_FLUX_FLOW = "simple"
+
+
+def default_scheduler(model) -> str:
+    """The ComfyUI scheduler whose sigmas are the reference ones for this model's family.
+
+    DDPM-family UNets: ``ddim_uniform``, the DDIM timesteps (981, 961, ..., 1 for 50 steps). Rectified
+    flow with a discrete shifted schedule (SD3 / SD3.5, Flux schnell, HiDream, Lumina 2): ``normal``,
+    diffusers' FlowMatchEulerDiscreteScheduler sigmas to float rounding. Flux-type sampling (Flux dev,
+    Chroma, Qwen-Image, with ModelSamplingFlux's resolution shift): ``simple``, FluxPipeline's sigmas
+    within ComfyUI's 10000-level table (exact when the steps divide 10000).
+    """
+    if not is_flow_model(model):
+        return SCHEDULER_DDIM
+    if isinstance(model_sampling(model), comfy.model_sampling.ModelSamplingFlux):
+        return SCHEDULER_FLUX_FLOW
+    return SCHEDULER_DISCRETE_FLOW
+
+
 def lowest_sigma(model) -> float:
     """The model's lowest noise level (its sigma at timestep 0)."""
     return float(model_sampling(model).sigma_min)
@@ -72,6 +99,21 @@ def lowest_sigma(model) -> float:
 def latent_channels(model) -> int:
     """Channels of the latents ``model`` works on (4 for SD1.x/SDXL, 16 for SD3 / Flux)."""
     return model.get_model_object("latent_format").latent_channels
+
+
+def context_width(model) -> int | None:
+    """Width of the text context the model reads (its config's name for it differs by family), or None."""
+    config = getattr(model.model.model_config, "unet_config", {})
+    for key in ("context_dim", "context_in_dim", "joint_attention_dim"):  # UNets; Flux / Chroma; Qwen-Image
+        if config.get(key) is not None:
+            return int(config[key])
+    embedder = config.get("context_embedder_config") or {}  # SD3's MMDiT
+    return embedder.get("params", {}).get("in_features")
+
+
+def latent_has_frames(model) -> bool:
+    """Whether ``model``'s latents are 5-D ``[B, C, T, H, W]`` (Qwen-Image's Wan 2.1 format; video models)."""
+    return model.get_model_object("latent_format").latent_dimensions == 3
 
 
 def smallest_latent_side(model) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from ..inversion import (
     WarmStartConfig,
 )
 from ..inversion.easyinv import VARIANTS as EASYINV_VARIANTS
+from ..inversion.solvers import DEFAULT_FIXED_POINT_ITERATIONS, SOLVER_EULER, SOLVERS
 from .errors import InvEditInputError
 from .model_info import diffusion_process, lowest_sigma, prediction_name
 
@@ -25,6 +26,7 @@ EASYINV_OFF = "off"
 EASYINV_CUSTOM = "custom"
 EASYINV_CHOICES = [EASYINV_OFF, *EASYINV_PRESETS, EASYINV_CUSTOM]
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
+MAX_FIXED_POINT_ITERATIONS = 20
 RULE_REFERENCE_DIFFUSERS_V = "reference (diffusers v)"
 # Widget choice -> (timestep rule, v-prediction conversion) of the library.
 RULE_CHOICES = {
@@ -35,13 +37,16 @@ RULE_CHOICES = {
 
 
 def inversion_option_inputs() -> list:
-    """Inputs for timestep rule, EasyInv and forward warm start (same on every inversion node)."""
+    """Inputs for timestep rule, EasyInv, forward warm start and solver (same on every inversion node).
+
+    New inputs go at the end, so that workflow files saved before them keep their widget order.
+    """
     default_custom = EASYINV_PRESETS["SD1.x"]
     return [
         io.Combo.Input(
             "timestep_rule", options=list(RULE_CHOICES), default=RULE_REFERENCE,
-            tooltip="reference: the model sees the current latent at the next, higher timestep "
-                    "(Prompt-to-Prompt, null-text, diffusers DDIMInverseScheduler; lower error). "
+            tooltip="euler solver: where the model is asked. reference: the model sees the current latent at the "
+                    "next, higher timestep (Prompt-to-Prompt, null-text, diffusers DDIMInverseScheduler; lower error). "
                     "simple: the model is queried at the current timestep (what FlipSigmas + euler does). "
                     "reference (diffusers v): for v-prediction models, convert v to eps at the current "
                     "level exactly as diffusers does (same as reference for eps models; the default "
@@ -79,6 +84,21 @@ def inversion_option_inputs() -> list:
         io.Int.Input("warm_start_seed", default=0, min=0, max=SEED_MAX, control_after_generate=False,
                      tooltip="Seed of the warm start's forward noise; different seeds give different "
                              "inversions (and edits) of the same image."),
+        # Optional: prompts written before these inputs existed (API format) still validate.
+        io.Combo.Input(
+            "solver", options=list(SOLVERS), default=SOLVER_EULER, optional=True,
+            tooltip="How each inversion step is taken. euler: one model call per step (N calls; the timestep_rule "
+                    "applies), reconstructed by stock euler / ddim. fireflow: FireFlow's midpoint step reusing the "
+                    "previous midpoint velocity (ICML 2025), second order for N + 1 calls; reconstruct with InvEdit "
+                    "Reconstruct or Replay Sampler (solver fireflow). fixed-point: solves the implicit step that "
+                    "stock euler / ddim inverts exactly, k calls per step (k N calls).",
+        ),
+        io.Int.Input(
+            "fixed_point_iterations", default=DEFAULT_FIXED_POINT_ITERATIONS, min=1, max=MAX_FIXED_POINT_ITERATIONS,
+            optional=True,
+            tooltip="fixed-point solver only: k, the model calls (iterations) per step; 1 is plain Euler with the "
+                    "reference rule, each more one correction.",
+        ),
     ]
 
 
@@ -107,7 +127,9 @@ def warm_start_config(steps: int, fraction: float, seed: int) -> WarmStartConfig
 
 def inversion_config(model, timestep_rule: str, easyinv: str, easyinv_eta: float,
                      easyinv_start: float, easyinv_length: float, easyinv_variant: str,
-                     warm_start_steps: int, warm_start_fraction: float, warm_start_seed: int) -> InversionConfig:
+                     warm_start_steps: int, warm_start_fraction: float, warm_start_seed: int,
+                     solver: str = SOLVER_EULER,
+                     fixed_point_iterations: int = DEFAULT_FIXED_POINT_ITERATIONS) -> InversionConfig:
     """The library's :class:`InversionConfig` from the shared widgets and the model."""
     if timestep_rule not in RULE_CHOICES:
         raise InvEditInputError(f"Unknown timestep_rule {timestep_rule!r}; pick one of {list(RULE_CHOICES)}.")
@@ -117,13 +139,16 @@ def inversion_config(model, timestep_rule: str, easyinv: str, easyinv_eta: float
     try:
         return InversionConfig(
             timestep_rule=rule,
-            # diffusers' v conversion exists for v-prediction UNets only; elsewhere it is the reference rule.
-            v_conversion=v_conversion if prediction == PREDICTION_V else V_CONVERSION_QUERY,
+            # diffusers' v conversion exists for v-prediction UNets and the Euler solver only; elsewhere it
+            # is the reference rule.
+            v_conversion=v_conversion if prediction == PREDICTION_V and solver == SOLVER_EULER else V_CONVERSION_QUERY,
             prediction_type=prediction,
             sigma_floor=lowest_sigma(model),
             process=process.name,
             easyinv=easyinv_config(easyinv, easyinv_eta, easyinv_start, easyinv_length, easyinv_variant),
             warm_start=warm_start_config(warm_start_steps, warm_start_fraction, warm_start_seed),
+            solver=solver,
+            fixed_point_iterations=fixed_point_iterations,
         )
     except InvEditInputError:
         raise

@@ -25,6 +25,7 @@ import latent_preview
 
 from ..inversion import InversionConfig, SourcePin, invert, replay
 from ..inversion.process import DiffusionProcess
+from ..inversion.solvers import SOLVER_EULER
 from .checks import check_conditioning, check_finite, check_inversion_model, check_no_added_noise
 from .model_info import diffusion_process
 
@@ -108,12 +109,13 @@ def inversion_loop(run: SamplerRun, config: InversionConfig, trajectory_sink: Op
 
 
 def replay_loop(run: SamplerRun, pin: Optional[SourcePin] = None,
-                process: Optional[DiffusionProcess] = None) -> torch.Tensor:
+                process: Optional[DiffusionProcess] = None, solver: str = SOLVER_EULER) -> torch.Tensor:
     """Pack loop: deterministic sampling down ``run.sigmas`` to their last level, the inverse of the inversion.
 
-    ``pin`` keeps source rows on a recorded trajectory (direct inversion).
+    ``pin`` keeps source rows on a recorded trajectory (direct inversion); ``solver`` is ``"euler"`` or
+    ``"fireflow"``.
     """
-    return replay(run.denoise, run.sigmas, run.latent, run.on_step, pin, process or run.process)
+    return replay(run.denoise, run.sigmas, run.latent, run.on_step, pin, process or run.process, solver)
 
 
 def inversion_sampler(config: InversionConfig, trajectory_sink: Optional[list] = None) -> PackSampler:
@@ -122,13 +124,13 @@ def inversion_sampler(config: InversionConfig, trajectory_sink: Optional[list] =
                        {"config": config, "trajectory_sink": trajectory_sink})
 
 
-def replay_sampler(pin: Optional[SourcePin] = None) -> PackSampler:
-    """The SAMPLER that replays an inversion (the latent it gets is the inverted noise)."""
-    return PackSampler(replay_loop, "The InvEdit replay sampler", "The replay", {"pin": pin})
+def replay_sampler(pin: Optional[SourcePin] = None, solver: str = SOLVER_EULER) -> PackSampler:
+    """The SAMPLER that replays an inversion (the latent it gets is the inverted noise) with ``solver``."""
+    return PackSampler(replay_loop, "The InvEdit replay sampler", "The replay", {"pin": pin, "solver": solver})
 
 
 def inversion_noise_latent(model, record) -> torch.Tensor:
-    """An INVERSION's noise as raw VAE-latent ``samples`` for ``model`` (its latent family and architecture checked)."""
+    """An INVERSION's noise as raw VAE-latent ``samples`` for ``model`` (family, latent format, architecture checked)."""
     check_inversion_model(model, record)
     return model.model.process_latent_out(record.trajectory.noise.clone())
 

@@ -6,7 +6,8 @@ from comfy_api.latest import io
 
 from ..inversion.null_text import REFERENCE_GUIDANCE
 from ..inversion.record import InversionRecord
-from .checks import check_latent_shape
+from ..inversion.solvers import SOLVER_EULER, SOLVER_FIREFLOW
+from .checks import check_latent_shape, image_latent_samples
 from .guiders import InversionGuider
 from .options import inversion_config, inversion_option_inputs
 from .sampling import PackSampler, SamplerRun, inversion_loop, replay_sampler
@@ -22,10 +23,11 @@ class InversionSampler(io.ComfyNode):
             display_name="InvEdit Inversion Sampler",
             category=CATEGORY_SAMPLING,
             description=(
-                "A SAMPLER that inverts instead of denoising. Use it in SamplerCustomAdvanced with "
-                "Disable Noise, a CFGGuider (cfg 1) and the SIGMAS you will sample with (e.g. BasicScheduler "
-                "ddim_uniform); the output is the noise that those SIGMAS with sampler ddim turn back into "
-                "the image."
+                "A SAMPLER that inverts instead of denoising (DDIM for UNets, Euler / FireFlow / fixed-point for "
+                "flow models too). Use it in SamplerCustomAdvanced with Disable Noise, a CFGGuider (cfg 1) and the "
+                "SIGMAS you will sample with (e.g. BasicScheduler ddim_uniform, or simple / normal for flow models); "
+                "the output is the noise that those SIGMAS with InvEdit Replay Sampler (or stock ddim for UNets) "
+                "turn back into the image."
             ),
             inputs=inversion_option_inputs(),
             outputs=[io.Sampler.Output()],
@@ -42,6 +44,7 @@ class InversionSampler(io.ComfyNode):
 def _invert_for_model(run: SamplerRun, options: dict):
     """Pack loop that builds the inversion settings from the model being sampled, then inverts."""
     patcher = run.guider.model_patcher
+    image_latent_samples(patcher, run.latent)
     check_latent_shape(patcher, run.latent.shape)
     return inversion_loop(run, inversion_config(patcher, **options))
 
@@ -56,17 +59,23 @@ class ReplaySampler(io.ComfyNode):
             display_name="InvEdit Replay Sampler",
             category=CATEGORY_SAMPLING,
             description=(
-                "Deterministic DDIM (eta 0) that walks the given SIGMAS down to their last level, also when "
-                "that level is not 0. With the SIGMAS output of InvEdit DDIM Inversion it is the exact "
-                "inverse of the inversion. Use with Disable Noise."
+                "Deterministic DDIM (eta 0) / rectified-flow Euler that walks the given SIGMAS down to their last "
+                "level, also when that level is not 0 and, for flow models, from sigma 1 with the latent as it is "
+                "(no noise scaling). With the SIGMAS output of InvEdit DDIM Inversion it is the exact inverse of the "
+                "inversion; solver fireflow replays a FireFlow inversion. Use with Disable Noise."
             ),
-            inputs=[],
+            inputs=[
+                io.Combo.Input("solver", options=[SOLVER_EULER, SOLVER_FIREFLOW], default=SOLVER_EULER, optional=True,
+                               tooltip="euler: one model call per step (DDIM for UNets); reconstructs euler and "
+                                       "fixed-point inversions. fireflow: FireFlow's midpoint step with velocity "
+                                       "reuse (N + 1 calls); reconstructs a FireFlow inversion."),
+            ],
             outputs=[io.Sampler.Output()],
         )
 
     @classmethod
-    def execute(cls) -> io.NodeOutput:
-        return io.NodeOutput(replay_sampler())
+    def execute(cls, solver: str = SOLVER_EULER) -> io.NodeOutput:
+        return io.NodeOutput(replay_sampler(solver=solver))
 
 
 class InversionGuiderNode(io.ComfyNode):

@@ -7,7 +7,10 @@ import torch
 import comfy.samplers
 
 from .errors import InvEditInputError
-from .model_info import model_sampling
+from .model_info import default_scheduler, model_sampling
+
+SCHEDULER_AUTO = "auto"
+"""The pack's choice for the model's family (:func:`.model_info.default_scheduler`)."""
 
 SIGMA_MATCH_RTOL = 1e-4
 """Relative tolerance when pairing a model call's sigma with an inversion's sampling sigma."""
@@ -15,6 +18,11 @@ SIGMA_MATCH_RTOL = 1e-4
 DDIM_UNIFORM = "ddim_uniform"
 DDIM_TRAINING_STEPS = 1000
 """The discrete schedule ddim_uniform spaces its timesteps over (``1000 // steps`` apart)."""
+
+
+def resolve_scheduler(model, scheduler: str) -> str:
+    """``scheduler``, or the model family's reference scheduler for :data:`SCHEDULER_AUTO`."""
+    return default_scheduler(model) if scheduler == SCHEDULER_AUTO else scheduler
 
 
 def schedule(model, scheduler: str, steps: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from comfy_api.latest import io, ui
 
 from ..inversion import storage
 from ..inversion.record import InversionRecord, tensor_sha256
-from .checks import check_inversion_fits
+from .checks import check_inversion_family, check_inversion_fits, image_latent_samples
 from .errors import InvEditInputError
 from .fingerprint import model_fingerprint
 from .sockets import CATEGORY_INVERSION, Inversion
@@ -113,7 +113,8 @@ def _model_difference(saved: dict, current: dict) -> Optional[str]:
 
 
 def _check_model(model, record: InversionRecord, name: str) -> None:
-    """Refuse an inversion made with another model, saying what differs."""
+    """Refuse an inversion made with another model, saying what differs (first: another family)."""
+    check_inversion_family(model, record)
     check_inversion_fits(model, record.trajectory.noise)
     saved = record.settings.get("model_fingerprint")
     if not isinstance(saved, dict):
@@ -125,6 +126,14 @@ def _check_model(model, record: InversionRecord, name: str) -> None:
             f"The inversion {name!r} was made with another model: {difference}. Connect the model the image was "
             "inverted with (same checkpoint, LoRAs and strengths), or invert the image again with this model."
         )
+
+
+def _as_model_latent(model, latent: dict) -> dict:
+    """``latent`` with its samples in the layout the inversion hashed (a frame axis for Qwen-Image)."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor):
+        return latent
+    return {**latent, "samples": image_latent_samples(model, samples)}
 
 
 def _check_source_latent(latent: dict, record: InversionRecord, name: str) -> None:
@@ -208,7 +217,7 @@ class LoadInversion(io.ComfyNode):
             raise InvEditInputError(str(error)) from error
         _check_model(model, record, name)
         if latent is not None:
-            _check_source_latent(latent, record, name)
+            _check_source_latent(_as_model_latent(model, latent), record, name)
         noise = model.model.process_latent_out(record.trajectory.noise.to(torch.float32))
         noise = noise.to(comfy.model_management.intermediate_device())
         return io.NodeOutput({"samples": noise}, record, record.sampling_sigmas.clone())

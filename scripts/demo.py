@@ -41,7 +41,8 @@ def build_graph(graph, loaded, image, positive, negative, encode, decode, steps:
     for method, overrides in METHODS.items():
         inversion = graph.node("InvEditDDIMInversion", model=loaded, positive=positive, negative=negative,
                                latent=latent, steps=steps, inversion_cfg=1.0, scheduler="ddim_uniform",
-                               clean_level="zero", **inversion_options(warm_start_seed=1, **overrides))
+                               clean_level="zero", distilled_guidance=1.0,
+                               **inversion_options(warm_start_seed=1, **overrides))
         for cfg in GUIDANCES:
             rebuilt = graph.node("InvEditReconstruct", model=loaded, positive=positive, negative=negative,
                                  inversion=inversion.out(1), cfg=cfg)

@@ -308,12 +308,6 @@ def inversion_inputs(pack_nodes, model, text_encoder, scheduler: str, file_name:
             "INVEDIT_P2P_EDIT": edit, "file_name": file_name}
 
 
-def widget_defaults(node) -> dict:
-    """The node's widget inputs at their defaults."""
-    return {widget.id: widget.default for widget in node.GET_SCHEMA().inputs
-            if getattr(widget, "default", None) is not None}
-
-
 def nodes_taking_a_model(pack_nodes) -> list[str]:
     return [node_id for node_id, node in pack_nodes.items()
             if any(widget.get_io_type() == "MODEL" for widget in node.GET_SCHEMA().inputs)]

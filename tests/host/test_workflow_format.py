@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from pathlib import Path
 
 import comfyui_workflow_templates
@@ -105,7 +104,8 @@ def test_widget_order_and_frontend_only_widgets(definitions):
         "add_noise", "noise_seed", CONTROL_AFTER_GENERATE, "steps", "cfg"]
     # V3: control_after_generate=True adds it, an explicit False suppresses it, absent falls back to the name.
     assert widget_names(definitions, "PrimitiveInt") == ["value", CONTROL_AFTER_GENERATE]
-    assert widget_names(definitions, "InvEditDDIMInversion")[-1] == "warm_start_seed"
+    assert widget_names(definitions, "InvEditDDIMInversion")[-4:] == [
+        "warm_start_seed", "solver", "fixed_point_iterations", "distilled_guidance"]
     assert widget_names(definitions, "InvEditTestbedHeldOutDigits") == ["count", "seed", CONTROL_AFTER_GENERATE]
     # Image upload combos get the upload button's value after them.
     assert widget_names(definitions, "LoadImage") == ["image", UPLOAD_INPUT]

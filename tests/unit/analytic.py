@@ -78,3 +78,39 @@ class StateDependentEpsDenoiser:
         self.calls += 1
         sigma = sigma.reshape(-1, *([1] * (x.ndim - 1)))
         return x - sigma * self.eps(x / (1.0 + sigma * sigma).sqrt(), sigma)
+
+
+class GaussianFlowDenoiser:
+    """Exact posterior mean for data ``x0 ~ N(mean, var * I)`` under rectified flow ``x = (1 - s) x0 + s * eps``.
+
+    ``E[x0 | x] = mean + (1 - s) var / ((1 - s)^2 var + s^2) * (x - (1 - s) mean)``. The flow ODE maps
+    ``x0`` to ``(1 - s) mean + sqrt((1 - s)^2 var + s^2) * (x0 - mean) / sqrt(var)`` exactly
+    (:meth:`exact_state`). Counts its calls and records the levels it was asked at.
+    """
+
+    def __init__(self, mean: float, var: float):
+        self.mean, self.var, self.calls, self.levels = mean, var, 0, []
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.levels.append(float(sigma.reshape(-1)[0]))
+        s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+        gain = (1 - s) * self.var / ((1 - s) ** 2 * self.var + s * s)
+        return self.mean + gain * (x - (1 - s) * self.mean)
+
+    def velocity(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """``v = (x - E[x0 | x]) / s``, what a flow network outputs (``s > 0``)."""
+        s = torch.tensor([sigma], dtype=x.dtype).expand(x.shape[0])
+        return (x - self.__call__(x, s)) / sigma
+
+    def exact_state(self, x0: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Where the flow ODE carries the clean ``x0`` at level ``sigma``."""
+        spread = ((1 - sigma) ** 2 * self.var + sigma * sigma) ** 0.5 / self.var ** 0.5
+        return (1 - sigma) * self.mean + spread * (x0 - self.mean)
+
+
+def flow_levels(n_steps: int, shift: float = 3.0, dtype: torch.dtype = torch.float64, clean: float = 0.0) -> torch.Tensor:
+    """Ascending levels ``shift t / (1 + (shift - 1) t)`` for ``t = linspace(1, 1/1000, N)`` (SD3's shift 3), ``clean`` first."""
+    t = torch.linspace(1.0, 1.0 / 1000, n_steps, dtype=dtype)
+    sigmas = shift * t / (1 + (shift - 1) * t)
+    return torch.cat([torch.tensor([clean], dtype=dtype), sigmas.flip(0)])

@@ -321,3 +321,34 @@ def test_file_holds_parts_only_for_an_intact_copy_of_the_same_record(saved):
     assert storage.read_file_metadata(saved) == metadata  # the header is intact, the data is not
     assert not storage.file_holds_parts(saved, metadata)
     assert storage.read_file_metadata(saved.with_name("missing.safetensors")) is None
+
+
+def test_a_file_saved_before_the_solvers_loads_with_the_euler_solver(saved):
+    """Files written before ``solver`` / ``fixed_point_iterations`` existed have neither: they load as Euler."""
+
+    def drop_solver_fields(document):
+        config = document["record"]["trajectory"]["config"]
+        del config["solver"], config["fixed_point_iterations"]
+
+    rewrite_document(saved, drop_solver_fields)
+    config = load_record(saved).trajectory.config
+    assert (config.solver, config.fixed_point_iterations) == ("euler", InversionConfig().fixed_point_iterations)
+    assert load_record(saved).replay_solver == "euler"
+
+
+def test_flow_records_with_solvers_and_five_d_latents_round_trip(tmp_path):
+    """A Qwen-Image inversion: rectified flow, FireFlow, trajectory [N+1, B, C, 1, H, W]."""
+    record = make_record(with_unconditioning=False)
+    latents = record.trajectory.latents.unsqueeze(3)
+    config = InversionConfig(process="rectified-flow", prediction_type="velocity", sigma_floor=1e-4,
+                             solver="fixed-point", fixed_point_iterations=3)
+    record = record.with_changes(trajectory=InversionTrajectory(record.trajectory.sigmas, latents, 18, config),
+                                 settings={**record.settings, "process": "rectified-flow", "solver": "fixed-point"})
+    path = tmp_path / f"qwen{FILE_SUFFIX}"
+    save_record(path, record)
+    loaded = load_record(path)
+    assert_identical(loaded, record)
+    assert loaded.trajectory.latents.ndim == 6 and loaded.trajectory.config.forward_process.name == "rectified-flow"
+    with pytest.raises(InversionFileError, match="trajectory shapes"):
+        record_from_file_parts(*record_to_file_parts(record.with_changes(
+            trajectory=dataclasses.replace(record.trajectory, latents=latents[0]))))
