@@ -91,7 +91,8 @@ def _mask_b1hw(mask: Optional[torch.Tensor], batch: int, height: int, width: int
 
 
 def _format_psnr(value: float) -> str:
-    return "inf (identical)" if math.isinf(value) else f"{value:.4f}"
+    """A PSNR with its unit: "inf dB (identical)" when the images are equal."""
+    return "inf dB (identical)" if math.isinf(value) else f"{value:.4f} dB"
 
 
 def _format_ssim(value: Optional[float]) -> str:
@@ -105,11 +106,11 @@ def _reconstruction_report(scores: metrics.ReconstructionScores, height: int, wi
     ssim_values = scores.ssim.tolist() if scores.ssim is not None else [None] * batch
     psnrs, mses = scores.psnr.tolist(), scores.mse.tolist()
     if batch == 1:
-        lines = [f"PSNR {_format_psnr(psnrs[0])} dB, SSIM {_format_ssim(ssim_values[0])}", f"MSE {mses[0]:.4e}"]
+        lines = [f"PSNR {_format_psnr(psnrs[0])}, SSIM {_format_ssim(ssim_values[0])}", f"MSE {mses[0]:.4e}"]
     else:
         mean_ssim = None if scores.ssim is None else float(scores.ssim.mean())
-        lines = [f"mean PSNR {_format_psnr(float(scores.psnr.mean()))} dB, SSIM {_format_ssim(mean_ssim)}"]
-        lines += [f"image {index}: {_format_psnr(peak)} dB, SSIM {_format_ssim(similarity)}"
+        lines = [f"mean PSNR {_format_psnr(float(scores.psnr.mean()))}, SSIM {_format_ssim(mean_ssim)}"]
+        lines += [f"image {index}: {_format_psnr(peak)}, SSIM {_format_ssim(similarity)}"
                   for index, (peak, similarity) in enumerate(zip(psnrs, ssim_values))]
         lines.append(f"MSE mean {float(scores.mse.mean()):.4e}: " + ", ".join(f"{error:.4e}" for error in mses))
     if scores.ssim is None:
