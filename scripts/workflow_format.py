@@ -54,7 +54,7 @@ import nodes
 from comfy_api.internal import _ComfyNodeInternal
 
 from comfy_graph import Graph
-from workflow_layout import GROUP_FONT_SIZE, NOTE_WIDTH, Layout, place, title_width
+from workflow_layout import GROUP_FONT_SIZE, NOTE_WIDTH, Layout, collapsed_width, place, title_width
 
 SCHEMA_VERSION = 0.4
 FRONTEND_VERSION_CHECKED = "1.27.10"
@@ -97,6 +97,7 @@ IMAGE_NODE_TYPES = ("PreviewImage", "SaveImage", "LoadImage")
 # minHeight 220): room is kept for it, or it would be drawn over the nodes below.
 PROGRESS_PREVIEW_NODES = ("InvEditNullTextInversion",)
 PROGRESS_PREVIEW_HEIGHT = 226
+COLLAPSED_SAVED_HEIGHT = 26  # the body height saved for a collapsed node (it draws its title only)
 NOTE_SIZE = (NOTE_WIDTH, 320)
 COLUMN_GAP = 60
 ROW_GAP = 40
@@ -509,9 +510,14 @@ def ui_workflow(
         size = _node_size(class_type, layout_of_node, definitions[class_type], shown_title)
         if node_id in (node_sizes or {}):
             size = _chosen_size(class_type, node_sizes[node_id], size)
+        collapsed = layout is not None and node_id in layout.collapsed
+        if collapsed:
+            # Saved as the pill it is drawn as; on load the frontend gives every node at least its
+            # computed size, so expanding it shows the whole node.
+            size = [collapsed_width(shown_title, size[0]), float(COLLAPSED_SAVED_HEIGHT)]
         ui_node: dict[str, Any] = {
             "id": int(node_id), "type": class_type, "pos": [0.0, 0.0], "size": size,
-            "flags": {"collapsed": True} if layout is not None and node_id in layout.collapsed else {},
+            "flags": {"collapsed": True} if collapsed else {},
             "order": 0, "mode": MODE_ALWAYS,
             "inputs": _ui_inputs(node_id, node, layouts, links), "outputs": [],
         }
