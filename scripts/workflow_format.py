@@ -431,10 +431,10 @@ def _widgets_values(node: dict, layout: NodeLayout, prompt: Mapping[str, dict]) 
     return values
 
 
-def _place_in_columns(prompt: dict[str, dict], ui_nodes: dict[str, dict], left: float) -> None:
+def _place_in_columns(prompt: dict[str, dict], ui_nodes: dict[str, dict], left: float,
+                      depths: Mapping[str, int]) -> None:
     """Set each node's ``pos``: a column per depth from ``left``, each column ordered by where the
     node's sources sit, so that links mostly run straight."""
-    depths = _depths(prompt)
     centre_y: dict[str, float] = {}
 
     def source_centre(node_id: str) -> float:
@@ -538,12 +538,12 @@ def ui_workflow(
     if title or notes:
         note = _note_node(max((int(node_id) for node_id in prompt), default=0) + 1, title, notes)
     groups: list[dict] = []
+    depths = _depths(prompt)
     if layout is None:
-        _place_in_columns(prompt, ui_nodes, ORIGIN[0] + (NOTE_SIZE[0] + COLUMN_GAP if note else 0))
+        _place_in_columns(prompt, ui_nodes, ORIGIN[0] + (NOTE_SIZE[0] + COLUMN_GAP if note else 0), depths)
     else:
         groups = _place_in_groups(layout, ui_nodes, note)
     # Execution order (LGraph.computeExecutionOrder): sources first.
-    depths = _depths(prompt)
     executed = sorted(ui_nodes, key=lambda node_id: (depths[node_id], int(node_id)))
     all_nodes = ([note] if note else []) + [ui_nodes[node_id] for node_id in executed]
     for order, ui_node in enumerate(all_nodes):
