@@ -426,11 +426,10 @@ def card_problems(file_stem: str, workflow: Mapping) -> list[str]:
         problems.append(f"card title {file_stem!r} has {len(file_stem)} characters, more than {CARD_TITLE_MAX_CHARS}")
     if FILE_NAME_FORBIDDEN.search(file_stem) or "_" in file_stem or " " not in file_stem:
         problems.append(f"card title {file_stem!r} must be words (spaces, no underscores or {FILE_NAME_FORBIDDEN.pattern})")
-    prefix_ok = (file_stem.startswith(DOWNLOAD_PREFIXES) if needs_download(workflow)
-                 else file_stem.startswith(NO_DOWNLOAD_PREFIX))
-    if not prefix_ok:
-        wanted = " or ".join(map(repr, DOWNLOAD_PREFIXES)) if needs_download(workflow) else repr(NO_DOWNLOAD_PREFIX)
-        problems.append(f"card title {file_stem!r} must start with {wanted} (it {'loads' if needs_download(workflow) else 'needs no'} model files)")
+    prefixes = DOWNLOAD_PREFIXES if needs_download(workflow) else (NO_DOWNLOAD_PREFIX,)
+    if not file_stem.startswith(prefixes):
+        why = "it loads model files" if needs_download(workflow) else "it needs no model file"
+        problems.append(f"card title {file_stem!r} must start with {' or '.join(map(repr, prefixes))} ({why})")
     nodes = {int(node["id"]): node for node in workflow["nodes"]}
     panels = card(workflow).get("thumbnail") or []
     if len(panels) < 2:
