@@ -3,9 +3,12 @@
 Import after ComfyUI was booted (like comfy_graph). To add a workflow:
 
 1. write a function that builds a :class:`Graph` inside an :class:`ExampleWorkflow` and register it
-   with ``@example("id")`` (the id is how code names it; the file is ``workflows/<card title>.json``);
-2. give every node a title that says what it is (``workflow.title_node``), place every node in a
-   captioned group (``workflow.group(caption, column, column, ...)``) and the groups in rows
+   with ``@example("id")`` (the id is how code names it; the file is ``workflows/<card title>.json``,
+   the card title starting with ``workflow_layout.NO_DOWNLOAD_PREFIX`` when it loads no model file,
+   else with the model's prefix in ``workflow_layout.DOWNLOAD_PREFIXES``);
+2. give every node a title that says what it is (``workflow.title_node``), collapse plumbing the
+   user need not read (``workflow.collapse``), place every node in a captioned group
+   (``workflow.group(caption, column, column, ...)``) and the groups in rows
    (``workflow.row(group, [stacked, groups], ...)``);
 3. show what the user should look at: images in titled previews (:meth:`Source.show`), the report of
    every score node in a Preview Any (:func:`show_text`), the source next to every result;
@@ -40,7 +43,7 @@ EXAMPLES: dict[str, Callable[[], "ExampleWorkflow"]] = {}
 
 STEPS = 50  # the reference number of DDIM steps (Prompt-to-Prompt, null-text inversion)
 SCHEDULER = "ddim_uniform"  # visits the DDIM timesteps 981, 961, ..., 1
-TESTBED_DIGIT_COUNT = 2  # two canvases per test-bed workflow: they fit side by side in a preview
+TESTBED_DIGIT_COUNT = 2  # two canvases per test-bed workflow: they fit one above the other in a preview
 TESTBED_VIEW_SCALE = 8  # the 16x8 canvases are shown enlarged (nearest; ImageScaleBy allows 8 at most)
 SD15_CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 SD15_CHECKPOINT_URL = (
