@@ -25,7 +25,7 @@ import latent_preview
 
 from ..inversion import InversionConfig, SourcePin, invert, replay
 from ..inversion.process import DiffusionProcess
-from .checks import check_conditioning, check_finite, check_inversion_fits, check_no_added_noise
+from .checks import check_conditioning, check_finite, check_inversion_model, check_no_added_noise
 from .model_info import diffusion_process
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -128,8 +128,8 @@ def replay_sampler(pin: Optional[SourcePin] = None) -> PackSampler:
 
 
 def inversion_noise_latent(model, record) -> torch.Tensor:
-    """An INVERSION's noise as raw VAE-latent ``samples`` for ``model`` (its latent family checked)."""
-    check_inversion_fits(model, record.trajectory.noise)
+    """An INVERSION's noise as raw VAE-latent ``samples`` for ``model`` (its latent family and architecture checked)."""
+    check_inversion_model(model, record)
     return model.model.process_latent_out(record.trajectory.noise.clone())
 
 

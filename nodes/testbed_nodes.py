@@ -1,8 +1,10 @@
-"""Nodes for InvEdit's test-bed model: a small trained text-to-digits model of ComfyUI's own UNet.
+"""Nodes for InvEdit's test-bed models: small trained text-to-digits models of ComfyUI's own classes.
 
 The test-bed turns every method of the pack into a measured number without downloading Stable
-Diffusion: it draws two handwritten digits side by side on an 8x16 canvas from prompts like
-"a photo of three and seven". It has no VAE: its latent is the canvas itself (1 channel, [-1, 1]).
+Diffusion or Flux: it draws two handwritten digits side by side on an 8x16 canvas from prompts like
+"a photo of three and seven". Two models ship, trained on the same data: an SD1.x-layout UNet (eps
+prediction, discrete schedule) and a Flux transformer (rectified flow, ModelSamplingFlux). Neither
+has a VAE: the latent is the canvas itself (1 channel, [-1, 1]).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from comfy_api.latest import io
 
 from ..testbed import data as testbed_data
 from ..testbed.vocabulary import UnknownWordError
-from ..testbed.weights import DEFAULT_MODEL_PATH, IntegrityError, load_testbed
+from ..testbed.weights import DEFAULT_MODEL_PATH, FLOW_MODEL_PATH, IntegrityError, load_testbed
 from .errors import InvEditInputError
 from .sockets import CATEGORY_TESTBED as CATEGORY
 from .sockets import TestbedText
@@ -43,13 +45,26 @@ def testbed_model_config(unet_config: dict) -> comfy.supported_models.SD15:
     return TestbedConfig(dict(unet_config))
 
 
-def load_testbed_model(verify: bool = True):
-    """Return ``(MODEL, text encoder)`` built from the shipped safetensors file."""
+def testbed_flow_model_config(unet_config: dict, shift: float) -> comfy.supported_models.Flux:
+    """A Flux model config (ModelType.FLUX: CONST + ModelSamplingFlux at ``shift``) with the test-bed's
+    transformer and latent format."""
+
+    class TestbedFlowConfig(comfy.supported_models.Flux):
+        unet_extra_config = {}
+        sampling_settings = {"shift": shift}
+        latent_format = TestbedLatentFormat
+
+    TestbedFlowConfig.unet_config = dict(unet_config)
+    return TestbedFlowConfig(dict(unet_config))
+
+
+def _load_model_file(path, make_config, verify: bool):
+    """``(MODEL, text encoder)`` from a test-bed file; ``make_config(testbed_file)`` gives its model config."""
     try:
-        testbed_file = load_testbed(DEFAULT_MODEL_PATH, verify=verify)
+        testbed_file = load_testbed(path, verify=verify)
     except (FileNotFoundError, IntegrityError) as error:
         raise InvEditInputError(str(error)) from error
-    config = testbed_model_config(testbed_file.unet_config)
+    config = make_config(testbed_file)
     config.set_inference_dtype(torch.float32, None)
     offload_device = comfy.model_management.unet_offload_device()
     model = config.get_model({}, device=offload_device)
@@ -60,26 +75,58 @@ def load_testbed_model(verify: bool = True):
     return patcher, testbed_file.text_encoder().eval()
 
 
+def load_testbed_model(verify: bool = True):
+    """Return ``(MODEL, text encoder)`` of the digits UNet built from its shipped safetensors file."""
+    return _load_model_file(DEFAULT_MODEL_PATH, lambda file: testbed_model_config(file.unet_config), verify)
+
+
+def load_testbed_flow_model(verify: bool = True):
+    """Return ``(MODEL, text encoder)`` of the flow test-bed (Flux) built from its shipped safetensors file."""
+    return _load_model_file(
+        FLOW_MODEL_PATH,
+        lambda file: testbed_flow_model_config(file.unet_config, file.metadata["model"]["model_sampling"]["shift"]),
+        verify)
+
+
+def loader_schema(node_id: str, display_name: str, description: str) -> io.Schema:
+    """The schema both test-bed loaders share: ``verify`` in, ``(MODEL, text_encoder)`` out."""
+    return io.Schema(
+        node_id=node_id,
+        display_name=display_name,
+        category=CATEGORY,
+        description=description,
+        inputs=[io.Boolean.Input("verify", default=True, tooltip="Check the file's content hash before loading.")],
+        outputs=[io.Model.Output(), TestbedText.Output(display_name="text_encoder")],
+    )
+
+
 class TestbedModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="InvEditTestbedModelLoader",
-            display_name="InvEdit Test-bed Model (digits)",
-            category=CATEGORY,
-            description=(
-                "Loads InvEdit's shipped test-bed: a 1M-parameter SD1.x-layout UNet trained on handwritten "
-                "digits (8x16 canvases, two digits, prompts like 'a photo of three and seven'). A real ComfyUI "
-                "MODEL, so every InvEdit node runs on it; no download needed."
-            ),
-            inputs=[io.Boolean.Input("verify", default=True,
-                                     tooltip="Check the file's content hash before loading.")],
-            outputs=[io.Model.Output(), TestbedText.Output(display_name="text_encoder")],
-        )
+        return loader_schema(
+            "InvEditTestbedModelLoader", "InvEdit Test-bed Model (digits)",
+            "Loads InvEdit's shipped test-bed: a 1M-parameter SD1.x-layout UNet trained on handwritten digits (8x16 "
+            "canvases, two digits, prompts like 'a photo of three and seven'). A real ComfyUI MODEL, so every InvEdit "
+            "node runs on it; no download needed.")
 
     @classmethod
     def execute(cls, verify) -> io.NodeOutput:
         return io.NodeOutput(*load_testbed_model(verify))
+
+
+class TestbedFlowModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return loader_schema(
+            "InvEditTestbedFlowModelLoader", "InvEdit Test-bed Flow Model (digits)",
+            "Loads InvEdit's shipped flow test-bed: a 0.47M-parameter Flux transformer (ComfyUI's own Flux class: "
+            "double- and single-stream blocks, rectified flow, ModelSamplingFlux, real CFG) trained on the same "
+            "handwritten-digit canvases and prompts as the digits UNet. Sample it with KSampler (euler, simple) and "
+            "encode prompts with its own text encoder; no download needed.")
+
+    @classmethod
+    def execute(cls, verify) -> io.NodeOutput:
+        return io.NodeOutput(*load_testbed_flow_model(verify))
 
 
 class TestbedTextEncode(io.ComfyNode):
@@ -89,7 +136,11 @@ class TestbedTextEncode(io.ComfyNode):
             node_id="InvEditTestbedTextEncode",
             display_name="InvEdit Test-bed Text Encode",
             category=CATEGORY,
-            description="Prompts for the test-bed model, one per line (several lines give a batch).",
+            description=(
+                "Prompts for a test-bed model, one per line (several lines give a batch). Connect the text encoder "
+                "of the loader whose MODEL you sample: it gives the conditioning that model takes (the flow "
+                "model's includes a pooled vector)."
+            ),
             inputs=[
                 TestbedText.Input("text_encoder"),
                 io.String.Input("text", multiline=True, default="a photo of three and seven",
@@ -104,10 +155,10 @@ class TestbedTextEncode(io.ComfyNode):
         prompts = text.split("\n") if text.strip() else [""]
         try:
             with torch.no_grad():
-                context = text_encoder.encode([line.strip() for line in prompts])
+                context, extras = text_encoder.encode_conditioning([line.strip() for line in prompts])
         except UnknownWordError as error:
             raise InvEditInputError(str(error)) from error
-        return io.NodeOutput([[context, {}]])
+        return io.NodeOutput([[context, extras]])
 
 
 class TestbedImageToLatent(io.ComfyNode):
@@ -172,8 +223,9 @@ class TestbedHeldOutDigits(io.ComfyNode):
             display_name="InvEdit Test-bed Held-out Digits",
             category=CATEGORY,
             description=(
-                "Real handwritten digits the test-bed model never saw in training (scikit-learn's digits, "
-                "held-out split), paired on 8x16 canvases, with their prompts: real images to invert."
+                "Real handwritten digits the test-bed models never saw in training (scikit-learn's digits, "
+                "held-out split, shipped inside the pack), paired on 8x16 canvases, with their prompts: real "
+                "images to invert."
             ),
             inputs=[
                 io.Int.Input("count", default=4, min=1, max=MAX_HELDOUT, tooltip="How many canvases."),
@@ -186,11 +238,9 @@ class TestbedHeldOutDigits(io.ComfyNode):
     def execute(cls, count, seed) -> io.NodeOutput:
         try:
             canvases, prompts, _ = testbed_data.heldout_canvases(count, seed)
-        except ImportError as error:
-            raise InvEditInputError(
-                "The held-out digits come from scikit-learn's bundled data: pip install scikit-learn."
-            ) from error
+        except (FileNotFoundError, IntegrityError, ImportError) as error:
+            raise InvEditInputError(f"Could not read the held-out digits: {error}") from error
         return io.NodeOutput(testbed_data.canvas_to_image(canvases), "\n".join(prompts))
 
 
-NODES = [TestbedModelLoader, TestbedTextEncode, TestbedImageToLatent, TestbedLatentToImage, TestbedHeldOutDigits]
+NODES = [TestbedModelLoader, TestbedFlowModelLoader, TestbedTextEncode, TestbedImageToLatent, TestbedLatentToImage, TestbedHeldOutDigits]

@@ -53,7 +53,7 @@ from testbed import data as data_lib  # noqa: E402
 from testbed import schedule as schedule_lib  # noqa: E402
 from testbed import vocabulary as vocab  # noqa: E402
 from testbed.classifier import training_split_classifier  # noqa: E402
-from testbed.selectivity import SelectivityAccumulator, attention_map_size, half_masks  # noqa: E402
+from testbed.selectivity import SelectivityAccumulator, attention_map_size, own_half_share  # noqa: E402
 from testbed.text import CONTEXT_DIM, PromptEmbedding  # noqa: E402
 from testbed.weights import DEFAULT_MODEL_PATH, FORMAT_NAME, FORMAT_VERSION, HASH_KEY, UNET_PREFIX  # noqa: E402
 from testbed.weights import load_testbed, save_testbed  # noqa: E402
@@ -86,8 +86,8 @@ Recorder = dict
 # --------------------------------------------------------------------------- ComfyUI model
 
 
-def import_comfy(comfyui_path: Path):
-    """Import ComfyUI's UNet and ops from a ComfyUI work tree (CPU, no argument parsing)."""
+def prepare_comfy(comfyui_path: Path) -> None:
+    """Make a ComfyUI work tree importable: CPU, no argument parsing."""
     sys.path.insert(0, str(comfyui_path))
     import comfy.options
 
@@ -95,6 +95,11 @@ def import_comfy(comfyui_path: Path):
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = True
+
+
+def import_comfy(comfyui_path: Path):
+    """Import ComfyUI's UNet and ops from a ComfyUI work tree (CPU, no argument parsing)."""
+    prepare_comfy(comfyui_path)
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
@@ -211,14 +216,8 @@ def localisation_loss(recorder: Recorder, conditional: torch.Tensor) -> torch.Te
     """
     losses = []
     for probs in recorder.values():  # [B, heads, Nq, Nk]
-        probs = probs[conditional]
         height, width = attention_map_size(probs.shape[2])
-        left, right = (mask.to(probs.device) for mask in half_masks(height, width))
-        left_column = probs[..., vocab.LEFT_WORD_POSITION].sum(dim=(0, 1))  # [Nq]
-        right_column = probs[..., vocab.RIGHT_WORD_POSITION].sum(dim=(0, 1))
-        own = left_column[left].sum() + right_column[right].sum()
-        total = left_column.sum() + right_column.sum()
-        losses.append(1.0 - own / total.clamp_min(1e-8))
+        losses.append(1.0 - own_half_share(probs[conditional], height, width))
     return torch.stack(losses).mean()
 
 
@@ -235,6 +234,52 @@ def learning_rate(step: int, progress: float, peak: float, warmup: int) -> float
     if step < warmup:
         return peak * (step + 1) / warmup
     return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def optimiser_step(optimizer, parameters, total: torch.Tensor, ema_pairs, step: int) -> None:
+    """Backward pass, gradient norm clipped to 1, optimiser step, then each ``(ema, model)`` pair's EMA."""
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimizer.step()
+    for ema, model in ema_pairs:
+        update_ema(ema, model, step)
+
+
+class TrainingLog:
+    """A run's smoothed losses, the EMA model's word selectivity every ``log_every`` steps, its history."""
+
+    def __init__(self, log_every: int, total_steps: int) -> None:
+        self.log_every, self.total_steps = log_every, total_steps
+        self.start = time.time()
+        self.running = {"loss": 0.0, "attn": 0.0}
+        self.history: list[dict] = []
+        self.steps_done = 0
+
+    def elapsed_s(self) -> float:
+        return time.time() - self.start
+
+    def after_step(self, step: int, loss: torch.Tensor, attn_loss: torch.Tensor, selectivity: Callable[[], dict]) -> None:
+        """Record step ``step``'s losses; every ``log_every`` steps print and keep ``selectivity()``'s table."""
+        for key, value in (("loss", loss), ("attn", attn_loss)):
+            self.running[key] = 0.98 * self.running[key] + 0.02 * value.item() if step else value.item()
+        self.steps_done = step + 1
+        if (step + 1) % self.log_every and step + 1 != self.total_steps:
+            return
+        table = selectivity()
+        mean_selectivity = sum(row["all"] for row in table.values()) / len(table)
+        worst = min(table.items(), key=lambda item: item[1]["all"])
+        minutes = self.elapsed_s() / 60
+        print(f"step {step + 1:5d}  {minutes:5.1f} min  loss {self.running['loss']:.4f}  "
+              f"attn-loss {self.running['attn']:.3f}  EMA selectivity mean {mean_selectivity:.3f} "
+              f"(lowest {worst[0]} {worst[1]['all']:.3f})", flush=True)
+        self.history.append({"step": step + 1, "minutes": round(minutes, 2), "loss": round(self.running["loss"], 4),
+                             "attention_loss": round(self.running["attn"], 4),
+                             "selectivity_mean": round(mean_selectivity, 4)})
+
+    def stats(self) -> dict:
+        return {"steps_done": self.steps_done, "minutes": round(self.elapsed_s() / 60, 2),
+                "final_loss_ema": round(self.running["loss"], 4), "history": self.history}
 
 
 def training_progress(step: int, total_steps: int, elapsed_s: float, budget_s: float) -> float:
@@ -336,6 +381,25 @@ def print_selectivity(rows: dict, title: str) -> None:
         print(f"  {block:<10}  " + "  ".join(f"{row[b]:6.3f}" for b in (*NOISE_BUCKETS, "all")))
 
 
+def selectivity_results(measured: SelectivityAccumulator, share_title: str) -> dict:
+    """Evaluation entries (printed) of the selectivity and word-share tables on noised held-out canvases."""
+    results = {"selectivity_heldout_noised": selectivity_rows(measured.table()),
+               "word_mass_share_heldout_noised": selectivity_rows(measured.word_share_table())}
+    print_selectivity(results["selectivity_heldout_noised"],
+                      "selectivity on noised held-out canvases (own-half share of digit-word attention):")
+    print_selectivity(results["word_mass_share_heldout_noised"], share_title)
+    return results
+
+
+def every_pair_prompts(text: PromptEmbedding, samples_per_pair: int):
+    """``(left [N], right [N], context [N, 8, 64], uncond [N, 8, 64])``: each of the 100 digit pairs
+    ``samples_per_pair`` times (pairs in order, repeated), with the empty prompt's context."""
+    digits = torch.arange(10)
+    left = digits.repeat_interleave(10).repeat(samples_per_pair)
+    right = digits.repeat(10).repeat(samples_per_pair)
+    return left, right, text(prompt_token_ids(left, right)), text(vocab.tokenize_batch([""] * len(left)))
+
+
 def evaluate(unet, text, seed: int, sampling: bool = True, log=print) -> dict:
     """Selectivity tables, and with ``sampling`` the agreement of guided samples and the inversion round trip."""
     recorder: Recorder = {}
@@ -344,21 +408,12 @@ def evaluate(unet, text, seed: int, sampling: bool = True, log=print) -> dict:
     results: dict = {"classifier_heldout_accuracy": round(classifier.heldout_accuracy(), 4)}
 
     canvases, prompts, _ = data_lib.heldout_canvases(EVAL_SELECTIVITY_CANVASES, seed=seed)
-    measured = measure_selectivity(denoiser, canvases, prompts, seed)
-    results["selectivity_heldout_noised"] = selectivity_rows(measured.table())
-    results["word_mass_share_heldout_noised"] = selectivity_rows(measured.word_share_table())
-    print_selectivity(results["selectivity_heldout_noised"],
-                      "selectivity on noised held-out canvases (own-half share of digit-word attention):")
-    print_selectivity(results["word_mass_share_heldout_noised"],
-                      "share of all cross-attention mass that goes to the two digit words:")
+    results.update(selectivity_results(measure_selectivity(denoiser, canvases, prompts, seed),
+                                       "share of all cross-attention mass that goes to the two digit words:"))
     if not sampling:
         return results
 
-    digits = torch.arange(10)
-    left = digits.repeat_interleave(10).repeat(EVAL_SAMPLES_PER_PAIR)
-    right = digits.repeat(10).repeat(EVAL_SAMPLES_PER_PAIR)
-    context = text(prompt_token_ids(left, right))
-    uncond = text(vocab.tokenize_batch([""] * len(left)))
+    left, right, context, uncond = every_pair_prompts(text, EVAL_SAMPLES_PER_PAIR)
     sigmas = schedule_lib.ddim_uniform_sigmas(EVAL_STEPS)
     noise = torch.randn((len(left), *data_lib.CANVAS_SHAPE), generator=torch.Generator().manual_seed(seed))
     accumulator = SelectivityAccumulator()
@@ -442,10 +497,7 @@ def train(args, unet_class, operations) -> tuple[torch.nn.Module, PromptEmbeddin
     probe_canvases, probe_prompts, _ = data_lib.heldout_canvases(PROBE_CANVASES, seed=args.seed)
     ema_probe = TestbedDenoiser(ema_unet, ema_text, {})
 
-    start = time.time()
-    running = {"loss": 0.0, "attn": 0.0}
-    history = []
-    steps_done = 0
+    log = TrainingLog(args.log_every, args.steps)
     for step in range(args.steps):
         pairs = data_lib.random_pairs(train_pool, args.batch_size, generator)
         x0 = data_lib.make_canvases(pairs[:, 0], pairs[:, 1])
@@ -457,7 +509,7 @@ def train(args, unet_class, operations) -> tuple[torch.nn.Module, PromptEmbeddin
         a = abar[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1.0 - a).sqrt() * noise
 
-        progress = training_progress(step, args.steps, time.time() - start, args.max_minutes * 60)
+        progress = training_progress(step, args.steps, log.elapsed_s(), args.max_minutes * 60)
         if progress >= 1.0:
             print(f"stopping after {step} steps: the time budget of {args.max_minutes} min is spent", flush=True)
             break
@@ -466,37 +518,16 @@ def train(args, unet_class, operations) -> tuple[torch.nn.Module, PromptEmbeddin
         eps_pred = unet(x_t, t.float(), text(ids), transformer_options=dict(options))
         loss = F.mse_loss(eps_pred, noise)
         attn_loss = localisation_loss(recorder, conditional)
-        total = loss + args.attention_loss_weight * attn_loss
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        update_ema(ema_unet, unet, step)
-        update_ema(ema_text, text, step)
+        optimiser_step(optimizer, parameters, loss + args.attention_loss_weight * attn_loss,
+                       [(ema_unet, unet), (ema_text, text)], step)
         recorder.clear()
-
-        running["loss"] = 0.98 * running["loss"] + 0.02 * loss.item() if step else loss.item()
-        running["attn"] = 0.98 * running["attn"] + 0.02 * attn_loss.item() if step else attn_loss.item()
-        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
-            table = selectivity_rows(measure_selectivity(ema_probe, probe_canvases, probe_prompts, args.seed).table())
-            mean_selectivity = sum(r["all"] for r in table.values()) / len(table)
-            worst = min(table.items(), key=lambda item: item[1]["all"])
-            elapsed = time.time() - start
-            print(f"step {step + 1:5d}  {elapsed / 60:5.1f} min  loss {running['loss']:.4f}  "
-                  f"attn-loss {running['attn']:.3f}  EMA selectivity mean {mean_selectivity:.3f} "
-                  f"(lowest {worst[0]} {worst[1]['all']:.3f})", flush=True)
-            history.append({"step": step + 1, "minutes": round(elapsed / 60, 2), "loss": round(running["loss"], 4),
-                            "attention_loss": round(running["attn"], 4),
-                            "selectivity_mean": round(mean_selectivity, 4)})
-        steps_done = step + 1
-    stats = {"steps_done": steps_done, "minutes": round((time.time() - start) / 60, 2),
-             "final_loss_ema": round(running["loss"], 4), "history": history}
-    return ema_unet, ema_text, unet_config, stats
+        log.after_step(step, loss, attn_loss, lambda: selectivity_rows(
+            measure_selectivity(ema_probe, probe_canvases, probe_prompts, args.seed).table()))
+    return ema_unet, ema_text, unet_config, log.stats()
 
 
 def metadata_for(args, unet_config: dict, stats: dict, evaluation: dict) -> dict:
     """The file's metadata (every value becomes JSON; see testbed/weights.py)."""
-    _, heldout = data_lib.split_indices()
     return {
         "format": {"name": FORMAT_NAME, "version": FORMAT_VERSION},
         "unet_config": unet_config,
@@ -511,6 +542,28 @@ def metadata_for(args, unet_config: dict, stats: dict, evaluation: dict) -> dict
             "cross_attention_blocks": [list(key) for key in cross_attention_blocks_from_config(unet_config)],
             "comfy_build": COMFY_BUILD_NOTE,
         },
+        **canvas_metadata(),
+        "training": training_metadata(args, PROMPT_DROPOUT, "mse(eps_pred, eps), t uniform in 0..999, "
+                                                            "x_t = sqrt(abar) x0 + sqrt(1 - abar) eps", stats),
+        "evaluation": evaluation,
+    }
+
+
+def training_metadata(args, prompt_dropout: float, objective: str, stats: dict) -> dict:
+    """The ``training`` metadata: the run's settings (both scripts share the optimiser and EMA) and statistics."""
+    return {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+            "warmup": args.warmup, "optimizer": "AdamW, grad clip 1.0, cosine to 10 %", "ema_decay": EMA_DECAY,
+            "prompt_dropout": prompt_dropout, "attention_loss_weight": args.attention_loss_weight,
+            "objective": objective, "threads": torch.get_num_threads(), "torch": torch.__version__, **stats}
+
+
+def canvas_metadata(**text_extra) -> dict:
+    """The ``text``, ``image`` and ``data_split`` metadata, shared by both test-bed files.
+
+    ``text_extra`` adds entries to ``text`` (the flow model's pooling).
+    """
+    _, heldout = data_lib.split_indices()
+    return {
         "text": {
             "vocabulary": list(vocab.VOCABULARY),
             "pad_token": vocab.PAD_TOKEN,
@@ -520,6 +573,7 @@ def metadata_for(args, unet_config: dict, stats: dict, evaluation: dict) -> dict
             "digit_word_positions": {"left": vocab.LEFT_WORD_POSITION, "right": vocab.RIGHT_WORD_POSITION},
             "context_dim": CONTEXT_DIM,
             "encoder": "context[b, j] = text.token_embedding[ids[b, j]] + text.position_embedding[j]",
+            **text_extra,
         },
         "image": {"shape_chw": list(data_lib.CANVAS_SHAPE), "value_range": [-1.0, 1.0],
                   "layout": "left digit columns 0-7, right digit columns 8-15; -1 is blank",
@@ -527,15 +581,11 @@ def metadata_for(args, unet_config: dict, stats: dict, evaluation: dict) -> dict
         "data_split": {"seed": data_lib.SPLIT_SEED, "heldout_fraction": data_lib.HELDOUT_FRACTION,
                        "rule": "perm = numpy.random.default_rng(seed).permutation(1797); "
                                "held out = sorted(perm[:round(fraction * 1797)]); train = the rest",
-                       "heldout_indices": [int(i) for i in heldout]},
-        "training": {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-                     "warmup": args.warmup, "optimizer": "AdamW, grad clip 1.0, cosine to 10 %",
-                     "ema_decay": EMA_DECAY, "prompt_dropout": PROMPT_DROPOUT,
-                     "attention_loss_weight": args.attention_loss_weight,
-                     "objective": "mse(eps_pred, eps), t uniform in 0..999, "
-                                  "x_t = sqrt(abar) x0 + sqrt(1 - abar) eps",
-                     "threads": torch.get_num_threads(), "torch": torch.__version__, **stats},
-        "evaluation": evaluation,
+                       "heldout_indices": [int(i) for i in heldout],
+                       "heldout_tensors": {data_lib.HELDOUT_INDICES_KEY: "[N] int64 dataset indices",
+                                           data_lib.HELDOUT_PIXELS_KEY: "[N, 8, 8] uint8 raw values 0..16",
+                                           data_lib.HELDOUT_LABELS_KEY: "[N] int64 labels",
+                                           "file": "models/testbed_digits.safetensors"}},
     }
 
 
@@ -571,11 +621,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--evaluate-only", action="store_true", help="evaluate the model at --out")
     parser.add_argument("--write-evaluation", action="store_true",
                         help="with --evaluate-only: store the new numbers in the file's metadata")
+    parser.add_argument("--write-heldout-digits", action="store_true",
+                        help="rewrite the file at --out with the held-out digits added (model tensors unchanged)")
     return parser.parse_args()
+
+
+def write_heldout_digits(path: Path) -> None:
+    """Add the held-out digits (``heldout.*`` tensors) to an existing file; every other tensor is kept."""
+    loaded = load_testbed(path)
+    metadata = {key: value for key, value in loaded.metadata.items() if key != HASH_KEY}
+    metadata["data_split"] = canvas_metadata()["data_split"]
+    digest = save_testbed(path, {**loaded.tensors, **data_lib.heldout_tensors()}, metadata)
+    print(f"added the held-out digits to {path} (sha256 of tensors {digest})")
 
 
 def main() -> None:
     args = parse_args()
+    if args.write_heldout_digits:
+        write_heldout_digits(args.out)
+        return
     torch.set_num_threads(args.threads)
     unet_class, operations = import_comfy(args.comfyui)
     if args.evaluate_only:
@@ -597,6 +661,7 @@ def main() -> None:
     dtype = torch.float16 if args.fp16 else torch.float32
     tensors = {UNET_PREFIX + key: value.to(dtype) for key, value in unet.state_dict().items()}
     tensors.update({key: value.to(dtype) for key, value in text.tensors().items()})
+    tensors.update(data_lib.heldout_tensors())
     # evaluate exactly what is stored (the rounded weights, computed in float32)
     unet.load_state_dict({k[len(UNET_PREFIX):]: v.float() for k, v in tensors.items() if k.startswith(UNET_PREFIX)})
     evaluation = evaluate(unet.eval(), PromptEmbedding.from_tensors(tensors), args.seed)

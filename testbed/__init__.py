@@ -1,25 +1,29 @@
-"""InvEdit's test-bed model: a tiny, trained, text-conditional SD1.x-layout UNet on digits.
+"""InvEdit's test-bed models: tiny, trained, text-conditional models of ComfyUI's own classes on digits.
 
-Pure torch + numpy + scikit-learn (no ComfyUI imports): the pieces around the trained UNet
-that tests and benchmarks need.
+Two models, trained on the same canvases and prompts: an SD1.x-layout UNet (eps prediction) and a
+Flux transformer (rectified flow). Pure torch + numpy (no ComfyUI imports): the pieces around them
+that the nodes, tests and benchmarks need. scikit-learn is needed only to train and to test
+(:mod:`.data`'s training split, :mod:`.classifier`); the held-out digits ship in the digits file.
 
 * :mod:`.vocabulary` - closed vocabulary, prompt template, tokenizer;
-* :mod:`.data` - sklearn digits, the train/held-out split, two-digit canvases;
-* :mod:`.text` - token + position embedding (token ids -> context ``[B, 8, 64]``);
+* :mod:`.data` - sklearn digits, the train/held-out split, two-digit canvases, shipped held-out digits;
+* :mod:`.text` - token + position embedding (token ids -> context ``[B, 8, 64]``; pooled for Flux);
 * :mod:`.classifier` - per-half digit classifier fitted on the training split;
 * :mod:`.selectivity` - how much of a digit word's attention comes from its own half;
 * :mod:`.schedule` - the SD1.x discrete noise schedule;
-* :mod:`.weights` - the safetensors file (``models/testbed_digits.safetensors``).
+* :mod:`.flow` - the Flux test-bed's config, rectified-flow maths, token layout, attention recorder;
+* :mod:`.weights` - the safetensors files (``models/testbed_digits.safetensors``, ``models/testbed_flow.safetensors``).
 
-The UNet itself is ComfyUI's ``UNetModel``; build it from ``TestbedFile.unet_config``.
+The models themselves are ComfyUI's ``UNetModel`` and ``Flux``; build them from ``TestbedFile.unet_config``.
 Importing this package loads nothing heavy.
 """
 
 from .vocabulary import PROMPT_TEMPLATE, TOKEN_LENGTH, VOCABULARY, prompt_for, tokenize
-from .weights import DEFAULT_MODEL_PATH, TestbedFile, load_testbed
+from .weights import DEFAULT_MODEL_PATH, FLOW_MODEL_PATH, TestbedFile, load_testbed
 
 __all__ = [
     "DEFAULT_MODEL_PATH",
+    "FLOW_MODEL_PATH",
     "PROMPT_TEMPLATE",
     "TOKEN_LENGTH",
     "TestbedFile",

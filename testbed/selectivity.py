@@ -89,6 +89,28 @@ def word_selectivity(
     return {"left": left_share, "right": right_share, "mean": 0.5 * (left_share + right_share)}
 
 
+def own_half_share(
+    probs: torch.Tensor,
+    map_height: int,
+    map_width: int,
+    left_position: int = LEFT_WORD_POSITION,
+    right_position: int = RIGHT_WORD_POSITION,
+) -> torch.Tensor:
+    """Differentiable selectivity of both digit words together (a 0-d tensor; the training loss's term).
+
+    Args:
+        probs: ``[..., Nq, Nk]`` attention probabilities (any leading dims: batch, heads),
+            ``Nq = map_height * map_width``.
+    Returns:
+        (left word's mass on the left half + right word's mass on the right half) / both words' mass.
+    """
+    left, right = (mask.to(probs.device) for mask in half_masks(map_height, map_width))
+    left_column = probs[..., left_position].reshape(-1, probs.shape[-2]).sum(dim=0)  # [Nq]
+    right_column = probs[..., right_position].reshape(-1, probs.shape[-2]).sum(dim=0)
+    own = left_column[left].sum() + right_column[right].sum()
+    return own / (left_column.sum() + right_column.sum()).clamp_min(1e-8)
+
+
 @dataclass
 class SelectivityAccumulator:
     """Sums the two digit words' attention mass per key (e.g. (block, noise bucket)).

@@ -1,9 +1,13 @@
-"""The test-bed model's text encoder: a token embedding plus a position embedding.
+"""The test-bed models' text encoders: a token embedding plus a position embedding.
 
 ``context[b, j] = token_embedding[ids[b, j]] + position_embedding[j]``. There is no mixing
 across tokens (no attention, no MLP), so the context row of a digit word carries only that
 digit's identity and its slot in the prompt: cross-attention to that row is attention to
 that word.
+
+Each encoder knows the conditioning its model takes (:meth:`PromptEmbedding.encode_conditioning`):
+the digits UNet takes the context alone; the flow transformer (:class:`PooledPromptEmbedding`)
+also takes a pooled vector, the mean of the context rows, as ComfyUI's ``pooled_output``.
 """
 
 from __future__ import annotations
@@ -52,6 +56,13 @@ class PromptEmbedding(nn.Module):
         """Prompts -> context ``[B, L, context_dim]`` (unknown words raise UnknownWordError)."""
         return self(tokenize_batch(prompts).to(self.token_embedding.device))
 
+    def encode_conditioning(self, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(context [B, L, D], extras)``: one ComfyUI CONDITIONING entry is ``[context, extras]``.
+
+        The UNet's conditioning has no extras (``{}``).
+        """
+        return self.encode(prompts), {}
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """The embedding tensors under their file keys."""
         return {
@@ -69,3 +80,24 @@ class PromptEmbedding(nn.Module):
             module.token_embedding.copy_(token)
             module.position_embedding.copy_(position)
         return module
+
+
+POOLED_OUTPUT_KEY = "pooled_output"
+"""ComfyUI's conditioning key of the pooled prompt vector (Flux's ``y``)."""
+POOLING_MEAN = "mean"
+
+
+class PooledPromptEmbedding(PromptEmbedding):
+    """The flow test-bed's encoder: the same context, plus ``pooled [B, D]`` = mean of its rows."""
+
+    pooling = POOLING_MEAN
+
+    @staticmethod
+    def pool(context: torch.Tensor) -> torch.Tensor:
+        """``context [B, L, D] -> pooled [B, D]`` (mean over the L token rows, padding included)."""
+        return context.mean(dim=1)
+
+    def encode_conditioning(self, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(context [B, L, D], {"pooled_output": pooled [B, D]})``."""
+        context = self.encode(prompts)
+        return context, {POOLED_OUTPUT_KEY: self.pool(context)}

@@ -1,10 +1,16 @@
-"""Reading and writing the test-bed model file (safetensors with metadata and a content hash).
+"""Reading and writing the test-bed model files (safetensors with metadata and a content hash).
+
+Two files ship with the pack, in the same layout:
+
+* ``models/testbed_digits.safetensors`` (format ``invedit-testbed-digits``): the SD1.x-layout UNet;
+  it also holds the held-out digits (``heldout.*`` tensors, see :mod:`.data`);
+* ``models/testbed_flow.safetensors`` (format ``invedit-testbed-flow``): the Flux transformer.
 
 File layout:
 
-* tensors: the UNet's state dict under ComfyUI's checkpoint key names
-  (``diffusion_model.input_blocks.0.0.weight`` ...) and the text encoder's
-  ``text.token_embedding [V, 64]`` and ``text.position_embedding [8, 64]``;
+* tensors: the diffusion model's state dict under ComfyUI's checkpoint key names
+  (``diffusion_model.input_blocks.0.0.weight`` ..., ``diffusion_model.double_blocks.0...``) and
+  the text encoder's ``text.token_embedding [V, 64]`` and ``text.position_embedding [8, 64]``;
 * metadata: every value is a JSON document (see :data:`METADATA_KEYS`), plus
   ``content_sha256``, the hash of the tensors (:func:`content_hash`), checked on load.
 """
@@ -19,24 +25,27 @@ from typing import Any, Union
 
 import torch
 
-from .text import PromptEmbedding
+from .text import PooledPromptEmbedding, PromptEmbedding
 
 UNET_PREFIX = "diffusion_model."
 FORMAT_NAME = "invedit-testbed-digits"
+FLOW_FORMAT_NAME = "invedit-testbed-flow"
 FORMAT_VERSION = 1
 HASH_KEY = "content_sha256"
 METADATA_KEYS = (
-    "format",  # {"name": FORMAT_NAME, "version": FORMAT_VERSION}
-    "unet_config",  # kwargs of comfy UNetModel (without dtype/device/operations)
-    "model",  # prediction type, schedule, latent format
-    "text",  # vocabulary (id order), pad token, template, token length, digit word slots
+    "format",  # {"name": FORMAT_NAME or FLOW_FORMAT_NAME, "version": FORMAT_VERSION}
+    "unet_config",  # ComfyUI's unet_config: kwargs of the diffusion model (without dtype/device/operations)
+    "model",  # prediction type, schedule / model sampling, latent format
+    "text",  # vocabulary (id order), pad token, template, token length, digit word slots, pooling
     "image",  # canvas shape [C, H, W], value range, layout
     "data_split",  # seed, rule, held-out fraction, held-out indices
     "training",  # settings and timings of the training run
     "evaluation",  # numbers measured on the trained model
 )
 
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "testbed_digits.safetensors"
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_MODEL_PATH = MODELS_DIR / "testbed_digits.safetensors"
+FLOW_MODEL_PATH = MODELS_DIR / "testbed_flow.safetensors"
 
 
 class IntegrityError(ValueError):
@@ -76,12 +85,14 @@ class TestbedFile:
         }
 
     def text_encoder(self) -> PromptEmbedding:
-        """The prompt embedding module (float32)."""
-        return PromptEmbedding.from_tensors(self.tensors)
+        """The prompt embedding module (float32); a :class:`PooledPromptEmbedding` when the
+        file's ``text`` metadata names a ``pooling`` (the flow model's)."""
+        pooled = self.metadata["text"].get("pooling") == PooledPromptEmbedding.pooling
+        return (PooledPromptEmbedding if pooled else PromptEmbedding).from_tensors(self.tensors)
 
     @property
     def unet_config(self) -> dict[str, Any]:
-        """``UNetModel`` keyword arguments (add ``dtype``, ``device``, ``operations``)."""
+        """The diffusion model's keyword arguments (add ``dtype``, ``device``, ``operations``)."""
         return dict(self.metadata["unet_config"])
 
 
@@ -115,8 +126,9 @@ def load_testbed(path: Union[str, Path] = DEFAULT_MODEL_PATH, verify: bool = Tru
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"no test-bed model at {path}; it is committed as models/testbed_digits.safetensors "
-            "and rebuilt by scripts/train_testbed.py"
+            f"no test-bed model at {path}; the pack ships models/testbed_digits.safetensors and "
+            "models/testbed_flow.safetensors: restore them from git (scripts/train_testbed.py and "
+            "scripts/train_flow_testbed.py rebuild them)"
         )
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         raw_metadata = handle.metadata() or {}
@@ -130,6 +142,6 @@ def load_testbed(path: Union[str, Path] = DEFAULT_MODEL_PATH, verify: bool = Tru
         if actual != metadata[HASH_KEY]:
             raise IntegrityError(
                 f"{path} is corrupt: content sha256 {actual} != recorded {metadata[HASH_KEY]}; "
-                "restore it from git or rerun scripts/train_testbed.py"
+                "restore it from git (or rerun its training script)"
             )
     return TestbedFile(tensors=tensors, metadata=metadata)

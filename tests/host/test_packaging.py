@@ -61,6 +61,10 @@ ICON_MAX_SIDE = 400
 ICON_URL_PATTERN = re.compile(r"^https://raw\.githubusercontent\.com/([^/]+)/([^/]+)/[^/]+/(.+)$")
 REPOSITORY_URL_PATTERN = re.compile(r"^https://github\.com/([^/]+)/([^/]+)$")
 
+# Needed to train and test, never at run time: requirements-test.txt lists them, requirements.txt must not
+# (the test-bed's held-out digits ship inside models/testbed_digits.safetensors).
+TEST_ONLY = {"scikit-learn", "scikit-image", "diffusers", "pytest", "pytest-timeout", "matplotlib"}
+
 # Distributions the pack must never install: ComfyUI's torch stack and ComfyUI itself.
 TORCH_STACK = {"torch", "torchvision", "torchaudio", "torchsde", "triton", "xformers"}
 NOT_OURS_TO_INSTALL = TORCH_STACK | {"comfyui", "comfy", "comfyui-frontend-package"}
@@ -74,12 +78,13 @@ def is_torch_stack(name: str) -> bool:
 # What must be in the published archive for the nodes to work, beyond the package folders.
 RUNTIME_FILES = [
     "__init__.py", "LICENSE", "README.md", "pyproject.toml", "requirements.txt",
-    "models/testbed_digits.safetensors",
+    "models/testbed_digits.safetensors", "models/testbed_flow.safetensors",
 ]
 RUNTIME_PACKAGES = ["nodes", "inversion", "attention", "testbed"]
 DEV_ONLY_DIRS = ["tests", "benchmarks", "scripts", ".ci"]
-# The uncompressed archive; the 4.2 MB test-bed model is most of it.
-ARCHIVE_MAX_BYTES = 8 * 2**20
+# The uncompressed archive; the two test-bed models (4.4 MB UNet with the held-out digits, 1.9 MB
+# Flux) are most of it.
+ARCHIVE_MAX_BYTES = 10 * 2**20
 # The folder ComfyUI-Manager and `comfy node install` give the pack: custom_nodes/<project name>.
 INSTALL_FOLDER = PROJECT["name"]
 
@@ -268,6 +273,16 @@ def test_requirements_txt_matches_pyproject_dependencies():
     assert from_file == from_pyproject, "requirements.txt and [project].dependencies differ"
 
 
+def test_test_only_packages_stay_out_of_the_runtime_requirements():
+    runtime = {canonicalize_name(req.name) for req in requirements()}
+    runtime |= {canonicalize_name(Requirement(dep).name) for dep in PROJECT["dependencies"]}
+    assert not runtime & TEST_ONLY, f"test-only packages in requirements.txt / pyproject: {runtime & TEST_ONLY}"
+    test_lines = (REPO_ROOT / "requirements-test.txt").read_text().splitlines()
+    test_requirements = {canonicalize_name(Requirement(line).name) for line in test_lines
+                         if line.strip() and not line.strip().startswith("#")}
+    assert "scikit-learn" in test_requirements, "training and the tests need scikit-learn: keep it in requirements-test.txt"
+
+
 def test_each_requirement_line_installs_on_its_own():
     """ComfyUI-Manager runs ``pip install <line>`` per line: no pip options, no trailing comments."""
     for line in requirement_lines():
@@ -330,8 +345,29 @@ def test_a_fresh_resolution_pulls_in_no_torch():
     assert not [name for name in names if is_torch_stack(name)], names
 
 
+def imports_of(module: ast.Module) -> list[tuple[str, bool]]:
+    """``(top-level package, inside a function)`` for every absolute import in ``module``."""
+    in_function = {id(inner) for node in ast.walk(module) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   for inner in ast.walk(node) if inner is not node}
+    found = []
+    for node in ast.walk(module):
+        if isinstance(node, ast.Import):
+            tops = [alias.name.split(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            tops = [node.module.split(".")[0]]
+        else:
+            continue
+        found += [(top, id(node) in in_function) for top in tops]
+    return found
+
+
 def test_runtime_imports_come_from_the_requirements_or_comfyui(comfy_host, archive_names):
-    """Every third-party module the pack imports belongs to requirements.txt or to ComfyUI's."""
+    """Every third-party module the pack imports belongs to requirements.txt or to ComfyUI's.
+
+    The one exception: scikit-learn, a test-only package, imported inside functions of the test-bed's
+    training and test paths (testbed/data.py, testbed/classifier.py);
+    test_testbed_without_sklearn.py shows that the nodes never reach them.
+    """
     comfyui = comfy_host.comfyui_path
     provided = {canonicalize_name(req.name) for req in requirements()}
     provided |= {
@@ -340,24 +376,23 @@ def test_runtime_imports_come_from_the_requirements_or_comfyui(comfy_host, archi
         if line.strip() and not line.strip().startswith("#")
     }
     distributions = importlib.metadata.packages_distributions()
-    missing = {}
+    missing, lazy_test_only = {}, {}
     for name, module in archive_python_modules(archive_names).items():
-        for node in ast.walk(module):
-            if isinstance(node, ast.Import):
-                tops = [alias.name.split(".")[0] for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                tops = [node.module.split(".")[0]]
-            else:
+        for top, in_function in imports_of(module):
+            if top in sys.stdlib_module_names or top == "__future__":
                 continue
-            for top in tops:
-                if top in sys.stdlib_module_names or top == "__future__":
-                    continue
-                if (comfyui / top).is_dir() or (comfyui / f"{top}.py").is_file():
-                    continue  # ComfyUI's own modules: comfy, comfy_api, folder_paths, ...
-                dists = {canonicalize_name(d) for d in distributions.get(top, [])}
-                if not dists & provided:
-                    missing.setdefault(top, []).append(name)
+            if (comfyui / top).is_dir() or (comfyui / f"{top}.py").is_file():
+                continue  # ComfyUI's own modules: comfy, comfy_api, folder_paths, ...
+            dists = {canonicalize_name(d) for d in distributions.get(top, [])}
+            if dists & provided:
+                continue
+            if in_function and dists and dists <= TEST_ONLY:
+                lazy_test_only.setdefault(top, set()).add(name)
+            else:
+                missing.setdefault(top, []).append(name)
     assert not missing, f"imported but neither in requirements.txt nor in ComfyUI's: {missing}"
+    allowed = {"sklearn": {"testbed/data.py", "testbed/classifier.py"}}
+    assert all(files <= allowed.get(top, set()) for top, files in lazy_test_only.items()), lazy_test_only
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,11 +442,13 @@ asyncio.run(nodes.init_external_custom_nodes())
 ids = sorted(node_id for node_id in nodes.NODE_CLASS_MAPPINGS if node_id.startswith("InvEdit"))
 files = sorted({inspect.getfile(nodes.NODE_CLASS_MAPPINGS[node_id]) for node_id in ids})
 model, text_encoder = nodes.NODE_CLASS_MAPPINGS["InvEditTestbedModelLoader"].execute(verify=True).result
+flow_model, _ = nodes.NODE_CLASS_MAPPINGS["InvEditTestbedFlowModelLoader"].execute(verify=True).result
 print(marker + json.dumps({
     "node_ids": ids,
     "files": files,
     "web_dirs": sorted(nodes.EXTENSION_WEB_DIRS.values()),
     "model_parameters": sum(p.numel() for p in model.model.parameters()),
+    "flow_model_parameters": sum(p.numel() for p in flow_model.model.parameters()),
 }))
 """
 RESULT_MARKER = "INVEDIT-PACKAGING-RESULT "
@@ -419,7 +456,7 @@ RESULT_MARKER = "INVEDIT-PACKAGING-RESULT "
 
 def test_comfyui_loads_the_pack_from_the_archive(installed_pack, comfy_host, pack_loaded, tmp_path):
     """A fresh ComfyUI process, its custom_nodes holding only the unpacked archive, registers every
-    node the repository registers; the test-bed model loads from the archive's copy."""
+    node the repository registers; both test-bed models load from the archive's copies."""
     custom_nodes = installed_pack.parent
     result = subprocess.run(
         [sys.executable, "-c", LOAD_FROM_ARCHIVE, str(SCRIPTS_DIR), str(comfy_host.comfyui_path),
@@ -436,4 +473,4 @@ def test_comfyui_loads_the_pack_from_the_archive(installed_pack, comfy_host, pac
     assert loaded["node_ids"] == sorted(pack_loaded)
     assert all(Path(path).is_relative_to(installed_pack) for path in loaded["files"]), loaded["files"]
     assert str(installed_pack / "web") in loaded["web_dirs"]
-    assert loaded["model_parameters"] > 0
+    assert loaded["model_parameters"] > 0 and loaded["flow_model_parameters"] > 0
