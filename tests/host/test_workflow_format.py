@@ -144,7 +144,7 @@ def test_a_linked_widget_keeps_its_value_slot(definitions):
 
 
 @pytest.mark.parametrize("make_graph", [
-    lambda graph: demo.build_graph(graph, demo.testbed_subject(graph, count=2, seed=0), steps=10),
+    lambda graph: demo.build_graph(graph, demo.testbed_subject(graph, demo.UNET, count=2, seed=0), steps=10),
     lambda graph: demo.build_graph(graph, demo.checkpoint_subject(graph, "any.safetensors", "example.png", "a photo",
                                                                   "a cat", ""), steps=10),
 ], ids=["testbed_graph", "checkpoint_graph"])
