@@ -1,8 +1,8 @@
 """Nodes: how faithful a reconstruction is (PSNR, SSIM, MSE, heat map) and how noise-like inverted latents are.
 
 Thin adapters: they unpack ComfyUI values, check them, call :mod:`..inversion.metrics` and
-format the report. The report is also sent to the UI; wire the STRING output into a
-"Preview Any" node to read it where the frontend does not show node text.
+format the report, its headline first. The frontend draws no text on these nodes: wire the
+report into ComfyUI's "Preview Any" node to read it on the canvas (the example workflows do).
 """
 
 from __future__ import annotations
@@ -91,30 +91,34 @@ def _mask_b1hw(mask: Optional[torch.Tensor], batch: int, height: int, width: int
 
 
 def _format_psnr(value: float) -> str:
-    return "inf (identical)" if math.isinf(value) else f"{value:.4f}"
+    """A PSNR with its unit: "inf dB (identical)" when the images are equal."""
+    return "inf dB (identical)" if math.isinf(value) else f"{value:.4f} dB"
+
+
+def _format_ssim(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _reconstruction_report(scores: metrics.ReconstructionScores, height: int, width: int) -> str:
+    """Short lines, the headline first, so that a Preview Any node shows the PSNR without scrolling:
+    the mean (or the only) PSNR and SSIM, each image, the MSEs, then what was measured."""
     batch = scores.mse.numel()
-    where = ", inside mask" if scores.masked else ""
-    lines = [
-        f"InvEdit reconstruction error: {batch} image(s) of {width}x{height} (width x height){where} "
-        "(images in [0, 1], data range 1; SSIM Gaussian 11x11, sigma 1.5)",
-        f"{'image':<8}{'PSNR dB':>18}{'SSIM':>10}{'MSE':>13}",
-    ]
     ssim_values = scores.ssim.tolist() if scores.ssim is not None else [None] * batch
-    for index, (peak, similarity, error) in enumerate(zip(scores.psnr.tolist(), ssim_values, scores.mse.tolist())):
-        shown = "n/a" if similarity is None else f"{similarity:.4f}"
-        lines.append(f"{index:<8}{_format_psnr(peak):>18}{shown:>10}{error:>13.4e}")
-    if batch > 1:
-        mean_ssim = "n/a" if scores.ssim is None else f"{float(scores.ssim.mean()):.4f}"
-        lines.append(f"{'mean':<8}{_format_psnr(float(scores.psnr.mean())):>18}{mean_ssim:>10}"
-                     f"{float(scores.mse.mean()):>13.4e}")
+    psnrs, mses = scores.psnr.tolist(), scores.mse.tolist()
+    if batch == 1:
+        lines = [f"PSNR {_format_psnr(psnrs[0])}, SSIM {_format_ssim(ssim_values[0])}", f"MSE {mses[0]:.4e}"]
+    else:
+        mean_ssim = None if scores.ssim is None else float(scores.ssim.mean())
+        lines = [f"mean PSNR {_format_psnr(float(scores.psnr.mean()))}, SSIM {_format_ssim(mean_ssim)}"]
+        lines += [f"image {index}: {_format_psnr(peak)}, SSIM {_format_ssim(similarity)}"
+                  for index, (peak, similarity) in enumerate(zip(psnrs, ssim_values))]
+        lines.append(f"MSE mean {float(scores.mse.mean()):.4e}: " + ", ".join(f"{error:.4e}" for error in mses))
     if scores.ssim is None:
-        lines.append(
-            f"SSIM not computed: it needs images of at least {metrics.SSIM_WINDOW}x{metrics.SSIM_WINDOW} pixels "
-            f"and these are {width}x{height} (the ssim output is NaN; PSNR and MSE are exact)."
-        )
+        lines.append(f"SSIM not computed: {width}x{height} is under {metrics.SSIM_WINDOW}x{metrics.SSIM_WINDOW} "
+                     "(the ssim output is NaN; PSNR and MSE are exact).")
+    where = ", inside mask" if scores.masked else ""
+    lines.append(f"({batch} image(s) of {width}x{height} (width x height){where}; images in [0, 1], data range 1; "
+                 "SSIM Gaussian 11x11, sigma 1.5)")
     return "\n".join(lines)
 
 
@@ -171,7 +175,9 @@ class ReconstructionError(io.ComfyNode):
                                       "the unedited background of an edit. Same size as the images."),
             ],
             outputs=[
-                io.String.Output(display_name="report", tooltip="Per-image and mean PSNR (dB), SSIM and MSE."),
+                io.String.Output(display_name="report",
+                                 tooltip="Mean and per-image PSNR (dB), SSIM and MSE, the mean first; wire it into "
+                                         "Preview Any to read it on the canvas."),
                 io.Image.Output(display_name="heatmap",
                                 tooltip="Absolute error times heatmap_gain: black (none), red, yellow, white."),
                 io.Float.Output(display_name="psnr", tooltip="Mean PSNR in dB over the batch (inf if identical)."),

@@ -1,10 +1,17 @@
 """Build InvEdit's example workflows (ComfyUI UI format) into workflows/ from scripts/workflow_specs.py.
 
-    python scripts/build_workflows.py            # write workflows/<name>.json for every example
+    python scripts/build_workflows.py            # write workflows/<card title>.json for every example
     python scripts/build_workflows.py --check    # exit 1, listing the files that are out of date
 
 Run it in the test venv (``source scripts/env.sh``): it boots ComfyUI headless, loads this pack
-and reads the node definitions the frontend would get from ``GET /object_info``.
+and reads the node definitions the frontend would get from ``GET /object_info``. A workflow that
+breaks a rule of scripts/workflow_layout.py (readable at the zoom it opens with, no overlaps,
+titled nodes, scores shown, a note naming only what is in the graph, a card that says what it
+does) is not written: the error says what to change.
+
+Each file is named after its card title, which ComfyUI's template browser shows (frontend 1.27.10
+reads nothing else for a custom node's template); code names a workflow by its example id
+(``workflow_file("testbed_null_text")``).
 """
 
 from __future__ import annotations
@@ -27,29 +34,42 @@ def render(workflow: dict) -> str:
     return json.dumps(workflow, indent=2, ensure_ascii=False) + "\n"
 
 
-def built_workflows() -> dict[str, str]:
-    """Every example, built: file name -> text (ComfyUI booted, the pack loaded)."""
+def built_workflows() -> dict[str, tuple[str, str]]:
+    """Every example, built and checked: example id -> (file name, text). ComfyUI booted, the pack loaded."""
     import workflow_specs
     from workflow_format import node_definitions
 
     definitions = node_definitions()
-    return {f"{name}.json": render(workflow_specs.build_example(name, definitions).ui(definitions))
-            for name in workflow_specs.EXAMPLES}
+    built = {}
+    for name in workflow_specs.EXAMPLES:
+        stem, workflow = workflow_specs.checked_ui(name, definitions)
+        built[name] = (f"{stem}.json", render(workflow))
+    files = [file for file, _ in built.values()]
+    if len(set(files)) != len(files):
+        raise ValueError(f"two examples have the same card title: {sorted(files)}")
+    return built
+
+
+def workflow_file(name: str, directory: Path = WORKFLOWS_DIR) -> Path:
+    """The shipped file of example ``name`` (ComfyUI booted, the pack loaded)."""
+    import workflow_specs
+
+    return directory / f"{workflow_specs.EXAMPLES[name]().card_title}.json"
 
 
 def _differs(path: Path, text: str) -> bool:
     return not path.is_file() or path.read_text(encoding="utf-8") != text
 
 
-def _orphans(directory: Path, built: dict[str, str]) -> list[str]:
-    return [f"{path.name} (no example builds it)"
-            for path in sorted(directory.glob("*.json")) if path.name not in built]
+def _orphans(directory: Path, built: dict[str, tuple[str, str]]) -> list[str]:
+    names = {file for file, _ in built.values()}
+    return [f"{path.name} (no example builds it)" for path in sorted(directory.glob("*.json")) if path.name not in names]
 
 
 def stale_workflows(directory: Path = WORKFLOWS_DIR) -> list[str]:
     """Files in ``directory`` that differ from their build, are missing, or have no example."""
     built = built_workflows()
-    stale = sorted(name for name, text in built.items() if _differs(directory / name, text))
+    stale = sorted(file for file, text in built.values() if _differs(directory / file, text))
     return stale + _orphans(directory, built)
 
 
@@ -57,9 +77,10 @@ def write_workflows(directory: Path = WORKFLOWS_DIR) -> tuple[list[str], list[st
     """Write every example to ``directory``; return the files that changed and the orphans."""
     directory.mkdir(parents=True, exist_ok=True)
     built = built_workflows()
-    changed = [name for name, text in built.items() if _differs(directory / name, text)]
-    for name in changed:
-        (directory / name).write_text(built[name], encoding="utf-8")
+    changed = [file for file, text in built.values() if _differs(directory / file, text)]
+    for file, text in built.values():
+        if file in changed:
+            (directory / file).write_text(text, encoding="utf-8")
     return changed, _orphans(directory, built)
 
 
@@ -85,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         changed, orphans = write_workflows(args.out)
         print(f"Wrote {', '.join(changed)}." if changed else "Nothing to write: every workflow was up to date.")
         if orphans:
-            print("No example builds these files; delete them if they are leftovers:\n  " + "\n  ".join(orphans))
+            print("No example builds these files; delete them if they are leftovers (and their .jpg "
+                  "thumbnails):\n  " + "\n  ".join(orphans))
         return 0
     finally:
         shutil.rmtree(base_dir, ignore_errors=True)

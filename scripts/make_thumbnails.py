@@ -4,16 +4,21 @@
     python scripts/make_thumbnails.py
 
 It starts ComfyUI with the pack installed (tests/browser/comfy_browser.py), drives the page in
-headless Chromium (tests/browser/comfy_page.mjs, the same session as tests/browser/test_browser.py)
-and writes:
+headless Chromium as a new user with ComfyUI's default settings in a 1920x1080 window
+(tests/browser/comfy_page.mjs, the same session as tests/browser/test_browser.py), runs every
+workflow that needs no download, and writes:
 
-    workflows/<name>.jpg            the template browser's thumbnail of every workflows/<name>.json
-                                    (the graph as the page draws it, at most 512x384, < 100 kB)
-    docs/images/workflows/<name>.jpg  the whole graph of every workflow, 1280 px wide at most
+    workflows/<card title>.jpg      the template browser's thumbnail of every workflow: the source
+                                    and the result its run showed (labelled, with the PSNR where the
+                                    workflow scores it) and the card's one-line description; for a
+                                    photo workflow, the photo it loads (512x512, < 100 kB)
+    docs/images/workflows/<name>.jpg  every workflow's graph as the page drew it: after its run when
+                                    it was run, else as it opened (<name>: the card title in lower
+                                    case, words joined by '-')
     docs/images/nodes/<node id>.png every node of the pack alone on the canvas
     docs/images/node_library.png    the node library searched for "InvEdit", with a node preview
     docs/images/templates.jpg       the template browser on the pack's workflows
-    docs/images/finished_run.jpg    the test-bed workflow after a run queued with the Run button
+    docs/images/finished_run.jpg    the window after the null-text test-bed workflow ran
 
 Screenshots at full size, the page's findings (result.json) and the server log are in --out.
 When a workflow had no thumbnail yet, a second session is run so that templates.jpg shows all.
@@ -63,7 +68,7 @@ def main() -> int:
     for attempt in (1, 2):
         session = run_browser_session(args.out, deps)
         written = write_images(session, WORKFLOWS_DIR, DOCS_IMAGES_DIR)
-        listed = session.result.get("steps", {}).get("templates_listed") or {}
+        listed = session.result.get("steps", {}).get("template_cards") or {}
         unserved = [name for name, seen in (listed.get("thumbnails") or {}).items() if seen.get("status") != 200]
         if attempt == 1 and unserved:
             print(f"make_thumbnails: {len(unserved)} workflow(s) had no thumbnail when the template browser "

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,7 @@ import nodes
 from comfy_api.internal import _ComfyNodeInternal
 
 from comfy_graph import Graph
+from workflow_layout import GROUP_FONT_SIZE, NOTE_WIDTH, Layout, collapsed_width, place, title_width
 
 SCHEMA_VERSION = 0.4
 FRONTEND_VERSION_CHECKED = "1.27.10"
@@ -76,6 +77,7 @@ SHAPE_HOLLOW_CIRCLE = 7  # RenderShape.HollowCircle: how the frontend marks opti
 MODE_ALWAYS, MODE_NEVER, MODE_BYPASS = 0, 2, 4
 NOTE_TYPES = ("Note", "MarkdownNote")
 NOTE_COLOR, NOTE_BGCOLOR = "#432", "#653"  # LGraphCanvas.node_colors.yellow, as the Note nodes use
+GROUP_COLOR = "#3f789e"  # LGraphCanvas.node_colors.pale_blue.groupcolor, the frontend's default for new groups
 WRAPPED_LIST_KEY = "__value__"
 
 # Auto-layout, in canvas pixels (LiteGraphGlobal: NODE_TITLE_HEIGHT 30, NODE_SLOT_HEIGHT 20,
@@ -85,13 +87,18 @@ SLOT_HEIGHT = 20
 WIDGET_ROW_HEIGHT = 24
 NODE_PADDING_WITH_WIDGETS = 14
 NODE_PADDING_PLAIN = 6
-WIDTH_WITH_WIDGETS = 315
-WIDTH_PLAIN = 210
+WIDTH_WITH_WIDGETS = 240
+WIDTH_PLAIN = 200
 CHAR_WIDTH = 7
 MULTILINE_EXTRA_HEIGHT = 80
-IMAGE_PREVIEW_HEIGHT = 250
+IMAGE_PREVIEW_HEIGHT = 236  # ImagePreviewWidget: minHeight 220, plus its gaps; a node with an image is never smaller
 IMAGE_NODE_TYPES = ("PreviewImage", "SaveImage", "LoadImage")
-NOTE_SIZE = (480, 320)  # the frontend widens a MarkdownNote narrower than about 470
+# Nodes that draw a progress preview inside themselves while they run (ImagePreviewWidget,
+# minHeight 220): room is kept for it, or it would be drawn over the nodes below.
+PROGRESS_PREVIEW_NODES = ("InvEditNullTextInversion",)
+PROGRESS_PREVIEW_HEIGHT = 226
+COLLAPSED_SAVED_HEIGHT = 26  # the body height saved for a collapsed node (it draws its title only)
+NOTE_SIZE = (NOTE_WIDTH, 320)
 COLUMN_GAP = 60
 ROW_GAP = 40
 ORIGIN = (0.0, 0.0)
@@ -183,6 +190,7 @@ class Widget:
     name: str
     input_name: str | None
     default: Any
+    kind: str = ""  # the input type (INT, STRING, COMBO, ...)
 
 
 @dataclass(frozen=True)
@@ -273,7 +281,7 @@ def node_layout(definition: dict) -> NodeLayout:
     for spec in filter(_is_widget, specs):
         widget_sockets.append(InputSlot(spec.name, spec.type, spec.optional, True))
         input_name = None if spec.type == UPLOAD_TYPE else spec.name
-        widgets.append(Widget(spec.name, input_name, _widget_default(spec)))
+        widgets.append(Widget(spec.name, input_name, _widget_default(spec), spec.type))
         widgets.extend(_control_widgets(spec))
     names = definition.get("output_name") or []
     outputs = tuple(
@@ -329,7 +337,7 @@ def _node_size(class_type: str, layout: NodeLayout, definition: dict, title: str
     label_width = max((len(slot.name) for slot in layout.inputs if not slot.widget), default=0)
     label_width += max((len(name) for name, _ in layout.outputs), default=0)
     width = max(WIDTH_WITH_WIDGETS if layout.widgets else WIDTH_PLAIN, CHAR_WIDTH * (label_width + 8),
-                CHAR_WIDTH * (len(title) + 8))
+                title_width(title))
     height = rows * SLOT_HEIGHT + len(layout.widgets) * WIDGET_ROW_HEIGHT
     height += NODE_PADDING_WITH_WIDGETS if layout.widgets else NODE_PADDING_PLAIN
     sections = definition.get("input", {})
@@ -338,7 +346,19 @@ def _node_size(class_type: str, layout: NodeLayout, definition: dict, title: str
     height += MULTILINE_EXTRA_HEIGHT * len(multiline)
     if class_type in IMAGE_NODE_TYPES:
         height += IMAGE_PREVIEW_HEIGHT
+    if class_type in PROGRESS_PREVIEW_NODES:
+        height += PROGRESS_PREVIEW_HEIGHT
     return [float(width), float(height)]
+
+
+def _chosen_size(class_type: str, chosen: Sequence[float], estimate: list[float]) -> list[float]:
+    """A size a workflow chose for a node; never narrower than the estimate (the frontend widens a
+    node to its title) and, for nodes that draw an image inside themselves, never shorter (the
+    frontend would grow them over their neighbours when the image arrives)."""
+    width, height = max(float(chosen[0]), estimate[0]), float(chosen[1])
+    if class_type in IMAGE_NODE_TYPES or class_type in PROGRESS_PREVIEW_NODES:
+        height = max(height, estimate[1])
+    return [width, height]
 
 
 def _check_node_ids(prompt: dict[str, dict]) -> None:
@@ -384,23 +404,37 @@ def _ui_inputs(node_id: str, node: dict, layouts: dict[str, NodeLayout], links: 
     return inputs
 
 
-def _widgets_values(node: dict, layout: NodeLayout) -> list:
-    """One value per widget; a widget that a link feeds, or that the frontend alone uses, keeps its default."""
+PRIMITIVE_PREFIX = "Primitive"  # PrimitiveInt, PrimitiveStringMultiline, ...: a constant in a "value" widget
+
+
+def _linked_widget_value(link: list, widget: Widget, prompt: Mapping[str, dict]) -> Any:
+    """What a widget fed by ``link`` shows (greyed) in the page: the constant of a Primitive node,
+    else nothing for text (the frontend would show a stale default that the run does not use)."""
+    source = prompt[link[0]]
+    constant = source["inputs"].get("value")
+    if source["class_type"].startswith(PRIMITIVE_PREFIX) and constant is not None and not _is_link(constant):
+        return constant
+    return "" if widget.kind == "STRING" else widget.default
+
+
+def _widgets_values(node: dict, layout: NodeLayout, prompt: Mapping[str, dict]) -> list:
+    """One value per widget; a widget that a link feeds shows the value it gets (or nothing), one
+    the frontend alone uses keeps its default."""
     values = []
     for widget in layout.widgets:
         value = node["inputs"].get(widget.input_name, widget.default) if widget.input_name else widget.default
         if _is_link(value):
-            value = widget.default
+            value = _linked_widget_value(value, widget, prompt)
         elif isinstance(value, dict) and set(value) == {WRAPPED_LIST_KEY}:
             value = value[WRAPPED_LIST_KEY]
         values.append(copy.deepcopy(value))
     return values
 
 
-def _place_in_columns(prompt: dict[str, dict], ui_nodes: dict[str, dict], left: float) -> dict[str, int]:
+def _place_in_columns(prompt: dict[str, dict], ui_nodes: dict[str, dict], left: float,
+                      depths: Mapping[str, int]) -> None:
     """Set each node's ``pos``: a column per depth from ``left``, each column ordered by where the
-    node's sources sit, so that links mostly run straight. Returns the depths."""
-    depths = _depths(prompt)
+    node's sources sit, so that links mostly run straight."""
     centre_y: dict[str, float] = {}
 
     def source_centre(node_id: str) -> float:
@@ -417,7 +451,6 @@ def _place_in_columns(prompt: dict[str, dict], ui_nodes: dict[str, dict], left: 
             centre_y[node_id] = y + ui_nodes[node_id]["size"][1] / 2
             y += ui_nodes[node_id]["size"][1] + TITLE_HEIGHT + ROW_GAP
         x += max(ui_nodes[node_id]["size"][0] for node_id in column) + COLUMN_GAP
-    return depths
 
 
 def _note_node(node_id: int, title: str | None, notes: str | None) -> dict:
@@ -438,6 +471,9 @@ def ui_workflow(
     node_titles: Mapping[str, str] | None = None,
     node_properties: Mapping[str, dict] | None = None,
     definitions: Mapping[str, dict] | None = None,
+    layout: Layout | None = None,
+    node_sizes: Mapping[str, Sequence[float]] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict:
     """The UI-format workflow (schema 0.4, as frontend 1.27 saves it) of an API-format graph.
 
@@ -446,7 +482,10 @@ def ui_workflow(
     ``node_titles`` / ``node_properties``: by node id, a title shown instead of the display name and
     extra node properties (e.g. ``{"models": [{"name", "url", "directory"}]}`` for the frontend's
     missing-model download). Widget inputs the graph leaves out get the widget's default value, as
-    in a node added by hand. Nodes are laid out in columns by their depth in the graph.
+    in a node added by hand; a widget that a link feeds shows what it gets (a Primitive's constant)
+    or nothing. ``layout``: captioned groups in rows (scripts/workflow_layout.py), every node placed
+    by it; without one, nodes go in columns by their depth in the graph. ``node_sizes``: by node id,
+    a size instead of the estimate. ``extra``: merged into the workflow's ``extra``.
     """
     prompt = graph.prompt if isinstance(graph, Graph) else graph
     _check_node_ids(prompt)
@@ -456,29 +495,37 @@ def ui_workflow(
     missing = sorted({kind for kind in class_types if kind not in definitions})
     if missing:
         raise WorkflowFormatError(f"no node definition for {missing}")
-    extra = sorted(set(node_titles or {}).union(node_properties or {}) - set(prompt))
-    if extra:
-        raise WorkflowFormatError(f"titles or properties for nodes that are not in the graph: {extra}")
+    extra_ids = sorted(set(node_titles or {}).union(node_properties or {}, node_sizes or {}) - set(prompt))
+    if extra_ids:
+        raise WorkflowFormatError(f"titles, properties or sizes for nodes that are not in the graph: {extra_ids}")
     layouts = {node_id: node_layout(definitions[node["class_type"]]) for node_id, node in prompt.items()}
     _check_graph(prompt, layouts)
 
     links: list[list] = []
     ui_nodes: dict[str, dict] = {}
     for node_id, node in sorted(prompt.items(), key=lambda item: int(item[0])):
-        class_type, layout = node["class_type"], layouts[node_id]
+        class_type, layout_of_node = node["class_type"], layouts[node_id]
         ui_title = (node_titles or {}).get(node_id)
         shown_title = ui_title or definitions[class_type].get("display_name") or class_type
+        size = _node_size(class_type, layout_of_node, definitions[class_type], shown_title)
+        if node_id in (node_sizes or {}):
+            size = _chosen_size(class_type, node_sizes[node_id], size)
+        collapsed = layout is not None and node_id in layout.collapsed
+        if collapsed:
+            # Saved as the pill it is drawn as; on load the frontend gives every node at least its
+            # computed size, so expanding it shows the whole node.
+            size = [collapsed_width(shown_title, size[0]), float(COLLAPSED_SAVED_HEIGHT)]
         ui_node: dict[str, Any] = {
-            "id": int(node_id), "type": class_type, "pos": [0.0, 0.0],
-            "size": _node_size(class_type, layout, definitions[class_type], shown_title),
-            "flags": {}, "order": 0, "mode": MODE_ALWAYS,
+            "id": int(node_id), "type": class_type, "pos": [0.0, 0.0], "size": size,
+            "flags": {"collapsed": True} if collapsed else {},
+            "order": 0, "mode": MODE_ALWAYS,
             "inputs": _ui_inputs(node_id, node, layouts, links), "outputs": [],
         }
         if ui_title is not None:
             ui_node["title"] = ui_title
         properties = copy.deepcopy((node_properties or {}).get(node_id, {}))
         ui_node["properties"] = {"Node name for S&R": class_type, **properties}
-        ui_node["widgets_values"] = _widgets_values(node, layout)
+        ui_node["widgets_values"] = _widgets_values(node, layout_of_node, prompt)
         ui_nodes[node_id] = ui_node
     for node_id, ui_node in ui_nodes.items():
         ui_node["outputs"] = [
@@ -490,7 +537,12 @@ def ui_workflow(
     note = None
     if title or notes:
         note = _note_node(max((int(node_id) for node_id in prompt), default=0) + 1, title, notes)
-    depths = _place_in_columns(prompt, ui_nodes, ORIGIN[0] + (NOTE_SIZE[0] + COLUMN_GAP if note else 0))
+    groups: list[dict] = []
+    depths = _depths(prompt)
+    if layout is None:
+        _place_in_columns(prompt, ui_nodes, ORIGIN[0] + (NOTE_SIZE[0] + COLUMN_GAP if note else 0), depths)
+    else:
+        groups = _place_in_groups(layout, ui_nodes, note)
     # Execution order (LGraph.computeExecutionOrder): sources first.
     executed = sorted(ui_nodes, key=lambda node_id: (depths[node_id], int(node_id)))
     all_nodes = ([note] if note else []) + [ui_nodes[node_id] for node_id in executed]
@@ -501,11 +553,34 @@ def ui_workflow(
         "last_link_id": len(links),
         "nodes": sorted(all_nodes, key=lambda ui_node: ui_node["id"]),
         "links": links,
-        "groups": [],
+        "groups": groups,
         "config": {},
-        "extra": {},
+        "extra": copy.deepcopy(dict(extra or {})),
         "version": SCHEMA_VERSION,
     }
+
+
+def _place_in_groups(layout: Layout, ui_nodes: dict[str, dict], note: dict | None) -> list[dict]:
+    """Set every node's ``pos`` (and the note's box) from ``layout``; return the saved groups."""
+    unplaced = sorted((node_id for node_id in ui_nodes if node_id not in set(layout.node_ids())), key=int)
+    if unplaced:
+        described = [f"{node_id} ({ui_nodes[node_id]['type']} {ui_nodes[node_id].get('title', '')!r})"
+                     for node_id in unplaced]
+        raise WorkflowFormatError(f"nodes in no group of the layout: {', '.join(described)}")
+    unknown = sorted(set(layout.node_ids()) - set(ui_nodes))
+    if unknown:
+        raise WorkflowFormatError(f"the layout places nodes that are not in the graph: {unknown}")
+    placement = place(layout, {node_id: node["size"] for node_id, node in ui_nodes.items()},
+                      note["size"] if note else None, ORIGIN,
+                      {node_id: node.get("title") or node["type"] for node_id, node in ui_nodes.items()})
+    for node_id, position in placement.positions.items():
+        ui_nodes[node_id]["pos"] = [float(position[0]), float(position[1])]
+    if note is not None and placement.note_box is not None:
+        x, y, width, height = placement.note_box
+        note["pos"], note["size"] = [x, y], [width, height]
+    return [{"id": index + 1, "title": caption, "bounding": [float(v) for v in box],
+             "color": color or GROUP_COLOR, "font_size": GROUP_FONT_SIZE, "flags": {}}
+            for index, (caption, box, color) in enumerate(placement.groups)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,12 +1,10 @@
-// Drive ComfyUI's own web page in headless Chromium (playwright-core) against a running ComfyUI
-// with InvEdit installed. Started by tests/browser/comfy_browser.py, which starts the server,
-// passes a JSON job as the only argument and reads back <out>/result.json:
+// Drive ComfyUI's own web page in headless Chromium (playwright-core) as a new user sees it: a fresh
+// user (ComfyUI's default settings), a 1920x1080 window. Started by tests/browser/comfy_browser.py,
+// which starts the server, passes a JSON job as the only argument and reads back <out>/result.json:
 //
 //   node tests/browser/comfy_page.mjs '{"url": ..., "out": ..., "chromium": ..., "playwright": ...,
-//                                       "pack_module": "invedit", "pack_nodes": [...],
-//                                       "self_explaining_types": [...], "workflows": {name: node count},
-//                                       "run_workflow": "testbed_ddim_reconstruction", "run_focus_type": ...,
-//                                       "tooltip_node": ..., "tooltip_widget": ..., "tooltip_input": ...}'
+//       "pack_module": "invedit", "pack_nodes": [...], "self_explaining_types": [...],
+//       "workflows": {file stem: {"nodes": count, "run": bool}}, "tooltip_node": ..., ...}'
 //
 // Every check records what it saw in result.json (the Python test asserts on it); screenshots go
 // to <out>/raw/. The page is read through what the frontend (comfyui-frontend-package 1.27.10)
@@ -22,10 +20,8 @@ const require = createRequire(path.join(job.playwright, 'package.json'));
 const { chromium } = require('playwright-core');
 
 const RAW = path.join(job.out, 'raw');
-fs.mkdirSync(path.join(RAW, 'nodes'), { recursive: true });
-fs.mkdirSync(path.join(RAW, 'workflows'), { recursive: true });
-fs.mkdirSync(path.join(RAW, 'thumbnails'), { recursive: true });
-const VIEWPORT = { width: 1600, height: 1000 };
+for (const dir of ['nodes', 'opened', 'after_run', 'controls']) fs.mkdirSync(path.join(RAW, dir), { recursive: true });
+const VIEWPORT = { width: 1920, height: 1080 };
 const result = { steps: {}, errors: [], console_errors: [], http_errors: [], timings: {} };
 let currentStep = 'start';
 const started = Date.now();
@@ -81,7 +77,6 @@ async function closeDialogs() {
   }
 }
 
-const command = (id) => page.evaluate((id) => window.app.extensionManager.command.execute(id), id);
 const setFocusMode = (on) => page.evaluate((on) => { window.app.extensionManager.focusMode = on; }, on);
 const nextFrames = () => page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
 
@@ -100,76 +95,62 @@ function toPage(rect) {
   }, rect);
 }
 
-// Fit the graph into a rectangle of the page (default: the window), as "Fit view" does with a
-// smaller margin; returns the fitted nodes' rectangle on the page.
-async function fitGraph({ zoom = 0.92, area = null, fromType = null } = {}) {
-  const rect = await page.evaluate(({ zoom, area, fromType }) => {
+// The page rectangle of the graph (nodes and groups) as it is drawn now, with a margin, inside the canvas.
+async function graphClip(margin = 16) {
+  const rect = await page.evaluate(() => {
     const { app } = window;
-    // fromType: only the nodes from the first node of that type rightwards.
-    const first = fromType && app.graph.nodes.find((n) => n.type === fromType);
-    const nodes = first ? app.graph.nodes.filter((n) => n.pos[0] >= first.pos[0]) : app.graph.nodes;
-    if (!nodes.length) return null;
     let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
-    for (const node of nodes) {
-      const [x, y, w, h] = Array.from(node.getBounding());
-      x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x + w); y1 = Math.max(y1, y + h);
-    }
-    const box = app.canvas.canvas.getBoundingClientRect();
-    const target = area || { x: box.left, y: box.top, width: box.width, height: box.height };
-    const scale = Math.min(zoom * target.width / (x1 - x0), zoom * target.height / (y1 - y0), 2);
-    const cx = target.x - box.left + target.width / 2;
-    const cy = target.y - box.top + target.height / 2;
-    app.canvas.ds.scale = scale;
-    app.canvas.ds.offset = [cx / scale - (x0 + x1) / 2, cy / scale - (y0 + y1) / 2];
-    app.canvas.setDirty(true, true);
+    const boxes = [...app.graph.nodes.map((n) => Array.from(n.getBounding())), ...app.graph.groups.map((g) => Array.from(g._bounding))];
+    for (const [x, y, w, h] of boxes) { x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x + w); y1 = Math.max(y1, y + h); }
     return [x0, y0, x1 - x0, y1 - y0];
-  }, { zoom, area, fromType });
-  await redraw();
-  return rect && toPage(rect);
+  });
+  const box = await toPage(rect);
+  const canvas = await page.evaluate(() => JSON.parse(JSON.stringify(window.app.canvas.canvas.getBoundingClientRect())));
+  const x = Math.max(canvas.left, box.x - margin), y = Math.max(canvas.top, box.y - margin);
+  return { x, y, width: Math.min(canvas.right, box.x + box.width + margin) - x,
+    height: Math.min(canvas.bottom, box.y + box.height + margin) - y };
 }
 
-// For a graph wider than maxAspect: a view of that aspect across the window, the graph's full
-// height, centred on the pack's nodes (clamped to the graph); returns its rectangle on the page.
-function thumbnailView(maxAspect) {
-  return page.evaluate(({ maxAspect, width, height }) => {
-    const { app } = window;
-    const bounds = (nodes) => {
-      let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
-      for (const node of nodes) {
-        const [x, y, w, h] = Array.from(node.getBounding());
-        x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x + w); y1 = Math.max(y1, y + h);
-      }
-      return [x0, y0, x1, y1];
-    };
-    const [x0, y0, x1, y1] = bounds(app.graph.nodes);
-    if ((x1 - x0) / (y1 - y0) <= maxAspect) return null;
-    const areaH = Math.round(width / maxAspect), top = Math.round((height - areaH) / 2);
-    const scale = Math.min(0.96 * areaH / (y1 - y0), 2);
-    const halfW = width / scale / 2;
-    const pack = app.graph.nodes.filter((n) => n.type?.startsWith('InvEdit'));
-    const [p0, , p1] = pack.length ? bounds(pack) : [x0, 0, x1];
-    const cx = Math.min(Math.max((p0 + p1) / 2, x0 - 10 + halfW), x1 + 10 - halfW);
-    const box = app.canvas.canvas.getBoundingClientRect();
-    app.canvas.ds.scale = scale;
-    app.canvas.ds.offset = [(width / 2 - box.left) / scale - cx, (top + areaH / 2 - box.top) / scale - (y0 + y1) / 2];
-    app.canvas.setDirty(true, true);
-    return { x: 0, y: top, width, height: areaH };
-  }, { maxAspect, ...VIEWPORT });
-}
+// Park the mouse where it raises no tooltip: the canvas's right edge (the top bar holds the
+// workflow tabs, whose hover shows a preview).
+const parkMouse = () => page.mouse.move(VIEWPORT.width - 8, VIEWPORT.height / 2);
 
-// Widen (or narrow) the open sidebar by dragging its splitter.
-async function dragGutter(dx) {
-  const gutter = page.locator('.p-splitter-gutter').first();
-  if (!(await gutter.count())) return;
-  const g = await gutter.boundingBox();
-  await page.mouse.move(g.x + g.width / 2, g.y + g.height / 2);
-  await page.mouse.down();
-  await page.mouse.move(g.x + g.width / 2 + dx, g.y + g.height / 2, { steps: 5 });
-  await page.mouse.up();
-}
-
-// Park the mouse where it raises no tooltip.
-const parkMouse = () => page.mouse.move(VIEWPORT.width / 2, 2);
+// What the canvas shows now: zoom, whether text is drawn, every node's and group's box, display
+// nodes' content, widgets fed by links and the value they show.
+const canvasState = () => page.evaluate((displayTypes) => {
+  const { app, LiteGraph } = window;
+  const canvas = app.canvas;
+  const measure = document.createElement('canvas').getContext('2d');
+  const nodes = app.graph.nodes.map((n) => {
+    const entry = { id: n.id, type: n.type, title: n.title, box: Array.from(n.getBounding()), collapsed: !!n.flags?.collapsed };
+    // LGraphNode.drawTitleText: the title gets the node's width less two title heights; a
+    // collapsed node shows its first 20 characters.
+    measure.font = n.titleFontStyle;
+    entry.title_drawn_whole = n.flags?.collapsed ? (n.title || '').length <= 20
+      : measure.measureText(n.title || '').width <= n.size[0] - 2 * LiteGraph.NODE_TITLE_HEIGHT;
+    if (displayTypes.includes(n.type)) {
+      const imgs = (n.imgs || []).filter((i) => i.complete && i.naturalWidth > 0);
+      entry.images = imgs.map((i) => [i.naturalWidth, i.naturalHeight]);
+      const preview = n.widgets?.find((w) => w.name === 'preview');
+      entry.text = preview ? String(preview.value ?? '') : null;
+    }
+    const linked = (n.inputs || []).filter((i) => i.widget && i.link != null).map((i) => {
+      const widget = n.widgets?.find((w) => w.name === i.widget.name);
+      const link = app.graph.links[i.link] ?? app.graph.links.get?.(i.link);
+      const origin = link && app.graph.getNodeById(link.origin_id);
+      const originValue = origin?.type?.startsWith('Primitive') ? origin.widgets?.find((w) => w.name === 'value')?.value : null;
+      return { name: i.widget.name, value: widget ? widget.value : null, origin: origin?.type, origin_value: originValue ?? null };
+    });
+    if (linked.length) entry.linked_widgets = linked;
+    return entry;
+  });
+  const rect = canvas.canvas.getBoundingClientRect();
+  return {
+    scale: canvas.ds.scale, low_quality: canvas.low_quality, canvas: [rect.width, rect.height],
+    min_font_size_for_lod: canvas.min_font_size_for_lod, nodes,
+    groups: app.graph.groups.map((g) => ({ title: g.title, box: Array.from(g._bounding) })),
+  };
+}, job.display_types);
 
 // ---------------------------------------------------------------------------------------------
 
@@ -179,10 +160,74 @@ await step('open_page', async () => {
     (ids) => window.app?.graph && window.LiteGraph && ids.every((id) => id in window.LiteGraph.registered_node_types),
     job.pack_nodes, { timeout: 60000 });
   await page.locator('[data-testid="queue-button"]').waitFor({ timeout: 30000 });
+  // A fresh user is greeted by the template browser.
+  const firstRun = await page.locator('.p-dialog[aria-labelledby="global-template-workflows"]')
+    .waitFor({ timeout: 15000 }).then(() => true, () => false);
+  const settings = await page.evaluate(async () => (await fetch('/api/settings')).json());
+  await page.evaluate(() => window.app.graph.clear()); // a new user's default graph: not ours to picture
+  return { title: await page.title(), first_run_template_dialog: firstRun, settings,
+    sidebar_templates_button: await page.locator('.templates-tab-button').count() };
+});
+
+// The template browser on the pack's category: every card as the user reads it.
+async function openTemplateBrowser() {
+  const dialog = page.locator('.p-dialog[aria-labelledby="global-template-workflows"]');
+  if (!(await dialog.count())) {
+    await page.locator('.templates-tab-button').click();  // the side bar's Templates button
+  }
+  await dialog.waitFor();
+  await dialog.getByText(job.pack_module, { exact: true }).first().click();
+  return dialog;
+}
+
+await step('template_cards', async () => {
+  const listed = await page.evaluate(async (module) => {
+    const list = await (await fetch('/api/workflow_templates')).json();
+    const names = list[module] || [];
+    const thumbnails = {};
+    for (const name of names) {
+      const res = await fetch(`/api/workflow_templates/${module}/${encodeURIComponent(name)}.jpg`);
+      thumbnails[name] = { status: res.status, type: res.headers.get('content-type') };
+    }
+    return { names, thumbnails };
+  }, job.pack_module);
+  const dialog = await openTemplateBrowser();
+  await page.waitForTimeout(1500);
+  // The grid pages its cards and shows each thumbnail only while it is in view (LazyImage):
+  // scroll through it, noting every thumbnail once it has loaded.
+  const seen = {};
+  for (let i = 0; i < 30; i++) {
+    await page.waitForTimeout(700);
+    Object.assign(seen, await dialog.evaluate((root) => Object.fromEntries([...root.querySelectorAll('.template-card')]
+      .map((card) => [card.getAttribute('data-testid'), card.querySelector('img')])
+      .filter(([, img]) => img && img.complete && img.naturalWidth > 0)
+      .map(([id, img]) => [id, [img.naturalWidth, img.naturalHeight]]))));
+    const moved = await page.evaluate(() => {
+      const content = document.querySelector('.p-dialog .p-dataview-content');
+      const before = content?.scrollTop;
+      content?.scrollBy(0, 250);
+      return content?.scrollTop !== before;
+    });
+    if (!moved) break;
+  }
+  const cards = await dialog.evaluate((root, seen) => [...root.querySelectorAll('.template-card')].map((card) => {
+    const title = card.querySelector('h3'), description = card.querySelector('p');
+    const id = card.getAttribute('data-testid');
+    return {
+      testid: id, title: title?.textContent.trim(), description: description?.textContent.trim(),
+      title_clamped: title ? title.scrollHeight > title.clientHeight + 1 : null,
+      title_lines: title ? Math.round(title.scrollHeight / parseFloat(getComputedStyle(title).lineHeight)) : null,
+      thumbnail: { loaded: id in seen, natural: seen[id] || [0, 0] },
+    };
+  }), seen);
+  await page.evaluate(() => document.querySelector('.p-dialog .p-dataview-content')?.scrollTo(0, 0));
+  await page.waitForFunction(() => [...document.querySelectorAll('.p-dialog .template-card')].slice(0, 8)
+    .every((card) => card.querySelector('img')?.naturalWidth > 0), null, { timeout: 10000 }).catch(() => {});
+  await page.waitForTimeout(600);
+  await parkMouse();
+  await page.screenshot({ path: path.join(RAW, 'templates.png') });
   await closeDialogs();
-  // Start from an empty canvas, with no graph restored from an earlier session.
-  await page.evaluate(() => window.app.graph.clear());
-  return { title: await page.title() };
+  return { ...listed, cards };
 });
 
 // What the page received for each node of the pack (the node definitions from /object_info).
@@ -224,17 +269,15 @@ await step('node_library', async () => {
       [...document.querySelectorAll('.side-bar-panel .tree-leaf .node-label')].some((e) => e.textContent.trim() === name),
     name, { timeout: 5000 }).then(() => true, () => false);
   }
-  // The picture: the library searched for the pack, wider, with one node's preview on hover.
+  // The picture: the library searched for the pack, with one node's preview on hover.
   await search.fill('InvEdit');
   await page.waitForTimeout(600);
-  await dragGutter(180);
   const leaf = page.locator('.side-bar-panel .tree-leaf', { hasText: displayNames[job.tooltip_node] }).first();
   await leaf.hover();
   const preview = page.locator('.node-lib-node-preview');
   const previewShown = await preview.waitFor({ timeout: 5000 }).then(() => true, () => false);
   const previewText = previewShown ? await preview.innerText() : '';
   await page.waitForTimeout(300);
-  // Crop to the sidebar and the preview beside it.
   const right = await page.evaluate(() => Math.max(...['.side-bar-panel', '.node-lib-node-preview']
     .map((s) => document.querySelector(s)?.getBoundingClientRect().right || 0)));
   await page.screenshot({ path: path.join(RAW, 'node_library.png'),
@@ -242,7 +285,6 @@ await step('node_library', async () => {
   const leaves = await page.evaluate(() =>
     [...document.querySelectorAll('.side-bar-panel .tree-leaf .node-label')].map((e) => e.textContent.trim()));
   await search.fill('');
-  await dragGutter(-180);
   await page.locator('.node-library-tab-button').click(); // close the sidebar again
   return { found, leaves_for_InvEdit: leaves, preview_shown: previewShown, preview_text: previewText };
 });
@@ -278,7 +320,6 @@ await step('canvas_tooltips', async () => {
     return { shown, text };
   };
   const widget = await hover({ kind: 'widget', name: job.tooltip_widget });
-  await page.screenshot({ path: path.join(RAW, 'tooltip_widget.png') });
   const input = await hover({ kind: 'input', name: job.tooltip_input });
   await parkMouse();
   return { node: job.tooltip_node, widget: { name: job.tooltip_widget, ...widget }, input: { name: job.tooltip_input, ...input } };
@@ -300,7 +341,6 @@ await step('node_pictures', async () => {
       app.canvas.ds.offset = [0, 0];
     }, id);
     await redraw();
-    // The node's outline (title included) is known once it was drawn.
     const rect = await page.evaluate(() => Array.from(window.app.graph.nodes[0].getBounding()));
     const box = await toPage(rect);
     const pad = 10;
@@ -314,113 +354,103 @@ await step('node_pictures', async () => {
   return shots;
 });
 
-// Every workflow of the pack, opened from ComfyUI's template browser as a user does.
-await step('templates_listed', async () => {
-  const listed = await page.evaluate(async (module) => {
-    const list = await (await fetch('/api/workflow_templates')).json();
-    const names = list[module] || [];
-    const thumbnails = {};
-    for (const name of names) {
-      const res = await fetch(`/api/workflow_templates/${module}/${encodeURIComponent(name)}.jpg`);
-      thumbnails[name] = { status: res.status, type: res.headers.get('content-type') };
-    }
-    return { names, thumbnails };
-  }, job.pack_module);
-  // The picture: the template browser on the pack's category.
-  await command('Comfy.BrowseTemplates');
-  const dialog = page.locator('.p-dialog[aria-labelledby="global-template-workflows"]');
-  await dialog.waitFor();
-  await dialog.getByText(job.pack_module, { exact: true }).first().click();
-  await page.waitForTimeout(1500);
-  await parkMouse();
-  await page.screenshot({ path: path.join(RAW, 'templates.png') });
+// Open a workflow from the template browser as a user does (the side bar's Templates button, the
+// pack's category, the card), then let the frontend fit it as it does on open.
+async function openTemplate(name, nodeCount) {
   await closeDialogs();
-  return listed;
-});
-
-async function openTemplate(name) {
-  await closeDialogs();
-  await command('Comfy.BrowseTemplates');
-  const dialog = page.locator('.p-dialog[aria-labelledby="global-template-workflows"]');
-  await dialog.waitFor();
-  await dialog.getByText(job.pack_module, { exact: true }).first().click();
-  // The grid shows a page of cards at a time: search for the one wanted.
+  const dialog = await openTemplateBrowser();
   await dialog.getByPlaceholder(/search templates/i).fill(name);
   const card = dialog.locator(`[data-testid="template-workflow-${name}"]`);
   await card.waitFor();
-  await card.scrollIntoViewIfNeeded();
-  let thumbnailShown = false;
-  if (result.steps.templates_listed?.thumbnails?.[name]?.status === 200) {
-    const img = await card.locator('img').first().elementHandle({ timeout: 5000 }).catch(() => null);
-    thumbnailShown = img !== null && await page.waitForFunction(
-      (el) => el.complete && el.naturalWidth > 0, img, { timeout: 5000 }) // src: a blob of the fetched .jpg
-      .then(() => true, () => false);
-  }
   await card.click();
   await dialog.waitFor({ state: 'detached' });
-  return thumbnailShown;
+  await page.waitForFunction((n) => window.app.graph.nodes.length === n, nodeCount, { timeout: 10000 }).catch(() => {});
+  await page.waitForTimeout(600); // fitView runs on the next frame; warnings open right after loadGraphData
+  await nextFrames();
+}
+
+const displayContent = (state) => Object.fromEntries(state.nodes.filter((n) => job.display_types.includes(n.type))
+  .map((n) => [n.title, (n.images?.length ?? 0) > 0 || !!(n.text && n.text.trim())]));
+
+// Queue the open workflow with the Run button; wait for its end and for the display nodes to fill.
+async function runOpenWorkflow(timeoutMs) {
+  await page.evaluate(() => {
+    const api = window.comfyAPI.api.api;
+    window.__invedit = { events: [], executed: {} };
+    for (const type of ['execution_start', 'execution_success', 'execution_error', 'execution_interrupted']) {
+      api.addEventListener(type, (e) => window.__invedit.events.push({ type, detail: e.detail }));
+    }
+    api.addEventListener('executed', (e) => { window.__invedit.executed[e.detail.node] = e.detail.output; });
+  });
+  const t0 = Date.now();
+  await page.locator('[data-testid="queue-button"]').click();
+  await parkMouse();
+  await page.waitForFunction(() => window.__invedit.events.some((e) => e.type !== 'execution_start'),
+    null, { timeout: timeoutMs });
+  const seconds = (Date.now() - t0) / 1000;
+  const state = await page.evaluate(() => window.__invedit);
+  // Let the images load into their nodes (a display node that stays empty is what is checked).
+  await page.waitForFunction((types) => window.app.graph.nodes.filter((n) => types.includes(n.type))
+    .every((n) => (n.imgs?.length && n.imgs.every((i) => i.complete && i.naturalWidth > 0))
+      || n.widgets?.find((w) => w.name === 'preview')?.value), job.display_types, { timeout: 15000 }).catch(() => {});
+  await page.waitForTimeout(500);
+  await redraw();
+  const end = state.events.find((e) => e.type !== 'execution_start');
+  return {
+    seconds, outcome: end.type, prompt_id: end.detail?.prompt_id,
+    error: end.type === 'execution_error' ? { node_type: end.detail.node_type, message: end.detail.exception_message } : null,
+    executed: state.executed,
+  };
 }
 
 await step('workflows', async () => {
   const out = {};
-  for (const [name, nodeCount] of Object.entries(job.workflows)) {
+  for (const [name, info] of Object.entries(job.workflows)) {
     const entry = (out[name] = {});
     const t0 = Date.now();
     try {
-      entry.thumbnail_shown = await openTemplate(name);
-      entry.opened_s = (Date.now() - t0) / 1000;
-      await page.waitForFunction((n) => window.app.graph.nodes.length === n, nodeCount, { timeout: 10000 })
-        .catch(() => {});
-      await page.waitForTimeout(400); // warnings open right after loadGraphData
+      await openTemplate(name, info.nodes);
       entry.dialogs = await openDialogs();
       entry.missing_nodes_dialog = entry.dialogs.includes('global-load-workflow-warning');
       if (entry.missing_nodes_dialog) {
         entry.missing_nodes_text = await page.locator('.p-dialog[aria-labelledby="global-load-workflow-warning"]').innerText();
       }
+      entry.missing_models_dialog = entry.dialogs.includes('global-missing-models-warning');
       Object.assign(entry, await page.evaluate(() => {
         const nodes = window.app.graph.nodes;
         return {
           node_count: nodes.length,
           unregistered: nodes.filter((n) => !(n.type in window.LiteGraph.registered_node_types)).map((n) => n.type),
           with_errors: nodes.filter((n) => n.has_errors).map((n) => n.type || n.last_serialization?.type),
-          types: [...new Set(nodes.map((n) => n.type))],
         };
       }));
       await closeDialogs();
-      // The pictures, the UI hidden: the whole graph fitted into the window, and the thumbnail
-      // (the same, or for a graph wider than 2:1 a 2:1 view around the pack's nodes).
-      await setFocusMode(true);
       await parkMouse();
-      const rect = await fitGraph({ zoom: 0.96 });
-      await page.waitForTimeout(300);
-      entry.screenshot = path.join(RAW, 'workflows', `${name}.png`);
-      const margin = 12;
-      const x = Math.max(0, rect.x - margin), y = Math.max(0, rect.y - margin);
-      await page.screenshot({ path: entry.screenshot, clip: {
-        x, y, width: Math.min(VIEWPORT.width - x, rect.width + 2 * margin),
-        height: Math.min(VIEWPORT.height - y, rect.height + 2 * margin) } });
-      const view = await thumbnailView(2);
-      if (view) {
-        await redraw();
-        await page.waitForTimeout(300);
-        entry.thumbnail_screenshot = path.join(RAW, 'thumbnails', `${name}.png`);
-        await page.screenshot({ path: entry.thumbnail_screenshot, clip: view });
-      } else {
-        entry.thumbnail_screenshot = entry.screenshot;
+      await redraw();
+      entry.opened = await canvasState();
+      entry.opened_screenshot = path.join(RAW, 'opened', `${name}.png`);
+      await page.screenshot({ path: entry.opened_screenshot });
+      entry.opened_clip = await graphClip();
+      if (info.run) {
+        entry.run = await runOpenWorkflow(job.run_timeout_ms);
+        entry.after_run = await canvasState();
+        entry.display_content = displayContent(entry.after_run);
+        entry.after_run_screenshot = path.join(RAW, 'after_run', `${name}.png`);
+        await page.screenshot({ path: entry.after_run_screenshot });
+        entry.after_run_clip = await graphClip();
       }
       entry.seconds = (Date.now() - t0) / 1000;
     } catch (error) {
       entry.error = String(error.stack || error).slice(0, 2000);
       await page.screenshot({ path: path.join(RAW, `error_workflow_${name}.png`) }).catch(() => {});
-    } finally {
-      await setFocusMode(false);
     }
+    save();
   }
   return out;
 });
 
-// A negative control: a graph with an unknown node type must raise the missing-nodes warning, or the
-// check above proves nothing.
+// Negative controls: the checks above must be able to fail.
+// 1. A graph with an unknown node type raises the missing-nodes warning.
 await step('missing_node_control', async () => {
   await closeDialogs();
   await page.evaluate(() => window.app.loadGraphData({
@@ -434,44 +464,32 @@ await step('missing_node_control', async () => {
   return { detected, dialogs };
 });
 
-// Queue the test-bed workflow from the page (the Run button) and wait for the run to finish.
-await step('queue_run', async () => {
-  await openTemplate(job.run_workflow);
+// 2. The same workflow spread out (positions x3) opens below the text threshold: text not drawn.
+// 3. The same workflow with an enlarger the server refuses (scale_by above its maximum): the run
+//    succeeds but that preview stays empty.
+await step('layout_controls', async () => {
+  const workflow = job.control_workflow;
+  const spread = JSON.parse(JSON.stringify(workflow.json));
+  for (const node of spread.nodes) node.pos = [node.pos[0] * 3, node.pos[1] * 3];
+  spread.groups = [];
   await closeDialogs();
-  await page.evaluate(() => {
-    const api = window.comfyAPI.api.api;
-    window.__invedit = { events: [], executed: {} };
-    for (const type of ['execution_start', 'execution_success', 'execution_error', 'execution_interrupted']) {
-      api.addEventListener(type, (e) => window.__invedit.events.push({ type, detail: e.detail }));
-    }
-    api.addEventListener('executed', (e) => { window.__invedit.executed[e.detail.node] = e.detail.output; });
-  });
-  const t0 = Date.now();
-  await page.locator('[data-testid="queue-button"]').click();
-  await parkMouse();
-  await page.waitForFunction(() => window.__invedit.events.some((e) => e.type !== 'execution_start'),
-    null, { timeout: job.run_timeout_ms || 180000 });
-  const seconds = (Date.now() - t0) / 1000;
-  const state = await page.evaluate(() => window.__invedit);
-  // Let the preview images load into their nodes, then picture the finished graph.
-  await page.waitForFunction(() => window.app.graph.nodes.filter((n) => n.type === 'PreviewImage')
-    .every((n) => n.imgs?.length && n.imgs.every((i) => i.complete && i.naturalWidth > 0)), null, { timeout: 15000 })
-    .catch(() => {});
-  // The picture: the queue sidebar with the finished task beside the graph, fitted to the rest.
-  await page.locator('.queue-tab-button').click();
-  await page.waitForTimeout(800);
-  await parkMouse();
-  const panel = await page.evaluate(() => document.querySelector('.side-bar-panel')?.getBoundingClientRect().right || 0);
-  await fitGraph({ zoom: 0.95, fromType: job.run_focus_type,
-    area: { x: panel, y: 40, width: VIEWPORT.width - panel, height: VIEWPORT.height - 40 } });
-  await page.waitForTimeout(300);
-  await page.screenshot({ path: path.join(RAW, 'finished_run.png') });
-  const end = state.events.find((e) => e.type !== 'execution_start');
-  return {
-    workflow: job.run_workflow, seconds, outcome: end.type, prompt_id: end.detail?.prompt_id,
-    error: end.type === 'execution_error' ? end.detail : null,
-    executed: state.executed, dialogs: await openDialogs(),
-  };
+  await page.evaluate((wf) => window.app.loadGraphData(wf, true, true, 'control-spread'), spread);
+  await page.waitForTimeout(600);
+  await closeDialogs();
+  await nextFrames();
+  const spreadState = await canvasState();
+  await page.screenshot({ path: path.join(RAW, 'controls', 'spread.png') });
+  const broken = JSON.parse(JSON.stringify(workflow.json));
+  const enlarger = broken.nodes.find((n) => n.id === workflow.broken_node);
+  enlarger.widgets_values[1] = workflow.broken_scale;
+  await page.evaluate((wf) => window.app.loadGraphData(wf, true, true, 'control-broken'), broken);
+  await page.waitForTimeout(600);
+  await closeDialogs();
+  const run = await runOpenWorkflow(job.run_timeout_ms);
+  const brokenState = await canvasState();
+  await page.screenshot({ path: path.join(RAW, 'controls', 'broken_preview.png') });
+  return { spread: { scale: spreadState.scale, low_quality: spreadState.low_quality, canvas: spreadState.canvas },
+    broken: { outcome: run.outcome, display_content: displayContent(brokenState), broken_node: workflow.broken_node } };
 });
 
 result.timings.total = (Date.now() - started) / 1000;

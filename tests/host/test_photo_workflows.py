@@ -1,4 +1,5 @@
-"""Every shipped photo workflow (workflows/*_photo.json) runs headless through ComfyUI's real loaders.
+"""Every shipped photo workflow (the ``*_photo`` examples of scripts/workflow_specs.py, in workflows/
+under their card titles) runs headless through ComfyUI's real loaders.
 
 The workflows load ``workflow_specs.SD15_CHECKPOINT`` with CheckpointLoaderSimple and a photo with
 LoadImage; the ``photo_inputs`` fixture (conftest) puts an SD1.5 checkpoint of random weights
@@ -45,15 +46,14 @@ from safetensors.torch import save_file
 import comfy.model_detection
 import comfy.model_management
 import comfy.supported_models
+import build_workflows
 import random_checkpoints
 import workflow_specs
 from comfy_graph import CAPTURE_NODE, GraphResult, new_executor, run_prompt
 from invedit.inversion import storage
 from workflow_format import api_prompt, node_definitions
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-WORKFLOWS_DIR = REPO_ROOT / "workflows"
-PHOTO_WORKFLOWS = sorted(path.stem for path in WORKFLOWS_DIR.glob("*_photo.json"))
+PHOTO_WORKFLOWS = sorted(name for name in workflow_specs.EXAMPLES if name.endswith("_photo"))
 TEST_STEPS = 3
 TEST_INNER_STEPS = 2
 CHEAP_WIDGETS = {"steps": TEST_STEPS, "inner_steps": TEST_INNER_STEPS}
@@ -88,7 +88,7 @@ def queue():
 
 
 def load_workflow(name: str) -> dict:
-    return json.loads((WORKFLOWS_DIR / f"{name}.json").read_text(encoding="utf-8"))
+    return json.loads(build_workflows.workflow_file(name).read_text(encoding="utf-8"))
 
 
 def _is_link(value) -> bool:
@@ -260,8 +260,8 @@ def check_numbers(prompt: dict, result: GraphResult) -> None:
 def test_photo_workflows_found():
     assert {"ddim_inversion_photo", "null_text_photo", "negative_prompt_photo", "direct_inversion_photo"} \
         <= set(PHOTO_WORKFLOWS)
-    shipped = {name for name in workflow_specs.EXAMPLES if name.endswith("_photo")}
-    assert shipped <= set(PHOTO_WORKFLOWS), "run: python scripts/build_workflows.py"
+    missing = [name for name in PHOTO_WORKFLOWS if not build_workflows.workflow_file(name).is_file()]
+    assert not missing, "run: python scripts/build_workflows.py"
 
 
 def test_random_checkpoint_is_sd15_for_comfyui(photo_inputs):

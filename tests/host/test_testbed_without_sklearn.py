@@ -67,7 +67,8 @@ with torch.inference_mode():
                            "prompts": prompts.split("\n")}
 
 graph = comfy_graph.Graph()
-demo.testbed_graph(graph, count=2, seed=0, steps=5)
+for family in (demo.UNET, demo.FLOW):
+    demo.build_graph(graph, demo.testbed_subject(graph, family, count=2, seed=0), steps=5)
 result = comfy_graph.run_prompt(graph)
 results["demo"] = {key: float(value) for key, value in result.items() if key.endswith("|psnr")}
 results["sklearn_modules"] = sorted(name for name, module in sys.modules.items()
@@ -95,4 +96,5 @@ def test_testbed_nodes_and_demo_graph_run_without_scikit_learn(comfy_host, tmp_p
     _, expected_prompts, _ = data.heldout_canvases(3, seed=0)
     for loader in ("InvEditTestbedModelLoader", "InvEditTestbedFlowModelLoader"):
         assert results[loader] == {"image_shape": [3, 16, 32, 3], "finite": True, "prompts": expected_prompts}
-    assert results["demo"]["DDIM inversion|1.0|psnr"] > results["demo"]["DDIM inversion|7.5|psnr"]
+    for family in ("unet", "flow"):
+        assert results["demo"][f"{family}:ddim_1|psnr"] > results["demo"][f"{family}:ddim_gap|psnr"]
