@@ -524,12 +524,14 @@ def test_flow_edit_workflow_redraws_the_named_digit_and_keeps_the_other(testbed_
     assert kept_error <= FLOW_KEPT_DIGIT_ERROR_MAX < FLOW_FRESH_NOISE_KEPT_ERROR_MIN <= fresh_error
 
 
-@pytest.mark.parametrize("name", PHOTO_WORKFLOWS)
-def test_photo_workflow_validates_with_comfyui_loaders(tmp_path: Path, definitions, name):
-    checkpoint = tmp_path / "checkpoints" / PHOTO_CHECKPOINT
-    checkpoint.parent.mkdir()
-    checkpoint.write_bytes(b"")  # validation only looks the name up; nothing is loaded
-    folder_paths.add_model_folder_path("checkpoints", str(checkpoint.parent))
+def validated_prompt(tmp_path: Path, definitions, name: str, files: list[tuple[str, str]]) -> dict:
+    """The API prompt of shipped workflow ``name``, validated by ComfyUI with empty files ``(models/ folder, file
+    name)`` under ``tmp_path`` (validation only looks the names up; nothing is loaded) and the example photo."""
+    for directory, file_name in files:
+        path = tmp_path / directory / file_name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"")
+        folder_paths.add_model_folder_path(directory, str(path.parent))
     image = Path(folder_paths.get_input_directory()) / workflow_specs.EXAMPLE_IMAGE
     image.parent.mkdir(parents=True, exist_ok=True)
     created = not image.exists()
@@ -537,15 +539,21 @@ def test_photo_workflow_validates_with_comfyui_loaders(tmp_path: Path, definitio
         Image.new("RGB", (64, 64)).save(image)
     try:
         prompt = api_prompt(load_json(build_workflows.workflow_file(name)), definitions)
-        valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("photo", prompt, None))
-        assert valid and not node_errors, (error, node_errors)
-        used = {node["class_type"] for node in prompt.values()}
-        assert {"CheckpointLoaderSimple", "LoadImage", "VAEEncode", "CLIPTextEncode", "InvEditDDIMInversion",
-                "VAEDecode"} <= used
-        assert {"InvEditReconstruct", "InvEditP2PEdit"} & used
+        valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt(name, prompt, None))
     finally:
         if created:
             image.unlink()
+    assert valid and not node_errors, (error, node_errors)
+    return prompt
+
+
+@pytest.mark.parametrize("name", PHOTO_WORKFLOWS)
+def test_photo_workflow_validates_with_comfyui_loaders(tmp_path: Path, definitions, name):
+    prompt = validated_prompt(tmp_path, definitions, name, [("checkpoints", PHOTO_CHECKPOINT)])
+    used = {node["class_type"] for node in prompt.values()}
+    assert {"CheckpointLoaderSimple", "LoadImage", "VAEEncode", "CLIPTextEncode", "InvEditDDIMInversion",
+            "VAEDecode"} <= used
+    assert {"InvEditReconstruct", "InvEditP2PEdit"} & used
 
 
 # Flux dev and SD3.5 photo workflows: random-weight files of those architectures (Flux dev 12 B parameters, 24 GB
@@ -566,32 +574,15 @@ def test_flow_photo_workflows_are_the_flow_examples():
 
 @pytest.mark.parametrize("name", sorted(FLOW_PHOTO_WORKFLOWS))
 def test_flow_photo_workflow_validates_with_comfyui_loaders(tmp_path: Path, definitions, name):
-    shipped = load_json(build_workflows.workflow_file(name))
-    files = [(model["directory"], model["name"]) for node in shipped["nodes"]
+    files = [(model["directory"], model["name"]) for node in load_json(build_workflows.workflow_file(name))["nodes"]
              for model in node.get("properties", {}).get("models", [])]
     assert files, "the loaders list their files with download links"
-    for directory, file_name in files:
-        path = tmp_path / directory / file_name
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(b"")
-        folder_paths.add_model_folder_path(directory, str(path.parent))
-    image = Path(folder_paths.get_input_directory()) / workflow_specs.EXAMPLE_IMAGE
-    image.parent.mkdir(parents=True, exist_ok=True)
-    created = not image.exists()
-    if created:
-        Image.new("RGB", (64, 64)).save(image)
-    try:
-        prompt = api_prompt(shipped, definitions)
-        valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("flow photo", prompt, None))
-        assert valid and not node_errors, (error, node_errors)
-        used = {node["class_type"] for node in prompt.values()}
-        assert FLOW_PHOTO_WORKFLOWS[name] | FLOW_PHOTO_NODES <= used
-        inversion = prompt[first_node(prompt, "InvEditDDIMInversion")]["inputs"]
-        assert (inversion["solver"], inversion["scheduler"], inversion["inversion_cfg"]) == ("fireflow", "auto", 1.0)
-        assert prompt[first_node(prompt, "InvEditReplaySampler")]["inputs"]["solver"] == "fireflow"
-    finally:
-        if created:
-            image.unlink()
+    prompt = validated_prompt(tmp_path, definitions, name, files)
+    used = {node["class_type"] for node in prompt.values()}
+    assert FLOW_PHOTO_WORKFLOWS[name] | FLOW_PHOTO_NODES <= used
+    inversion = prompt[first_node(prompt, "InvEditDDIMInversion")]["inputs"]
+    assert (inversion["solver"], inversion["scheduler"], inversion["inversion_cfg"]) == ("fireflow", "auto", 1.0)
+    assert prompt[first_node(prompt, "InvEditReplaySampler")]["inputs"]["solver"] == "fireflow"
 
 
 @pytest.mark.parametrize("name", P2P_PHOTO_WORKFLOWS)
