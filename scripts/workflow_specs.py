@@ -50,6 +50,7 @@ SD15_CHECKPOINT_URL = (
     "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/v1-5-pruned-emaonly.safetensors"
 )
 EXAMPLE_IMAGE = "example.png"  # ComfyUI ships it in input/
+EXAMPLE_IMAGE_SIZE = 768  # its width and height
 EXAMPLE_IMAGE_PROMPT = "a child's drawing of a girl with yellow hair in a pink dress on a green hill under a blue sky"
 PHOTO_PREFIX = "SD1.5 - "
 
@@ -1015,8 +1016,8 @@ SD35 = FlowPhotoModel("SD3.5 - ", "SD3.5 Medium", FLOW_EDIT_GUIDANCE, None)
 
 
 def flux_dev_source(workflow: ExampleWorkflow, prompt: str) -> Source:
-    """Flux dev through ComfyUI's UNETLoader, DualCLIPLoader and VAELoader; the photo's own size sets the shift
-    (ModelSamplingFlux), the source prompt gets FluxGuidance at the inversion's guidance."""
+    """Flux dev through ComfyUI's UNETLoader, DualCLIPLoader and VAELoader; ModelSamplingFlux sets the shift for
+    the example photo's size, the source prompt gets FluxGuidance at the inversion's guidance."""
     g = workflow.graph
     unet = with_model_files(workflow, g.node("UNETLoader", unet_name=FLUX_CHECKPOINT, weight_dtype="default"),
                             FLUX_CHECKPOINT)
@@ -1026,9 +1027,8 @@ def flux_dev_source(workflow: ExampleWorkflow, prompt: str) -> Source:
     vae = with_model_files(workflow, g.node("VAELoader", vae_name="ae.safetensors"), "ae.safetensors")
     photo = workflow.size(workflow.title_node(g.node("LoadImage", image=EXAMPLE_IMAGE), "Photo (source)"),
                           PHOTO_LOAD_IMAGE_SIZE)
-    size = workflow.collapse(workflow.title_node(g.node("GetImageSize", image=photo.out(0)), "Photo size"))
     model = workflow.title_node(g.node("ModelSamplingFlux", model=unet.out(0), max_shift=FLUX_MAX_SHIFT,
-                                       base_shift=FLUX_BASE_SHIFT, width=size.out(0), height=size.out(1)),
+                                       base_shift=FLUX_BASE_SHIFT, width=EXAMPLE_IMAGE_SIZE, height=EXAMPLE_IMAGE_SIZE),
                                 "Shift for the photo's size")
     text = workflow.size(workflow.title_node(g.node("CLIPTextEncode", clip=clip.out(0), text=prompt), "Source prompt"),
                          TEXT_ENCODE_SIZE)
@@ -1039,7 +1039,7 @@ def flux_dev_source(workflow: ExampleWorkflow, prompt: str) -> Source:
     latent = workflow.title_node(g.node("VAEEncode", pixels=photo.out(0), vae=vae.out(0)), "Encode photo")
     return Source(workflow, model.out(0), photo.out(0), latent.out(0), positive, negative,
                   lambda samples: g.node("VAEDecode", samples=samples, vae=vae.out(0)), clip.out(0), prompt,
-                  ((unet, clip, vae), (photo, size, model), (text, positive, negative, latent)), style=FLOW_PHOTO_STYLE)
+                  ((unet, clip, vae), (photo, model), (text, positive, negative, latent)), style=FLOW_PHOTO_STYLE)
 
 
 def sd35_source(workflow: ExampleWorkflow, prompt: str) -> Source:
@@ -1107,8 +1107,8 @@ def flux_dev_flow_edit() -> ExampleWorkflow:
     return flow_photo(FLUX_DEV, source, (
         f"Needs Flux dev: `{FLUX_CHECKPOINT}` (models/diffusion_models), `clip_l.safetensors` and "
         "`t5xxl_fp16.safetensors` (models/text_encoders), `ae.safetensors` (models/vae); when one is missing ComfyUI "
-        "lists it with its download link. **Shift for the photo's size** sets Flux's time shift for the photo's "
-        f"size; **Guidance 1 (source)** gives the source prompt the guidance the inversion runs at "
+        "lists it with its download link. **Shift for the photo's size** sets Flux's time shift for the image "
+        f"size (set its width and height to your photo's; {EXAMPLE_IMAGE_SIZE} for the example); **Guidance 1 (source)** gives the source prompt the guidance the inversion runs at "
         f"({FLUX_INVERSION_GUIDANCE:g}, as RF-Solver, FireFlow and Stable Flow invert Flux dev)."))
 
 
