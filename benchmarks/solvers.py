@@ -82,7 +82,7 @@ class Family:
 
     name: str
     loader: str
-    methods: list
+    methods: list[tuple[str, int, dict]]  # (label, steps, inversion options)
     guidances: tuple[float, ...]
     result_name: str
 
