@@ -149,6 +149,19 @@ def with_pooled_output(template, source_options: dict) -> list:
     return conditioning
 
 
+POOLED_NONE = "none"
+POOLED_OPTIMISED = "optimised"
+POOLED_UNCHANGED = "unchanged"
+
+
+def pooled_outcome(pooled: Optional[torch.Tensor], result) -> str:
+    """What null-text did with the pooled vector: none in the prompt, optimised, or unchanged (a model that
+    reads none, or no Adam step)."""
+    if pooled is None:
+        return POOLED_NONE
+    return POOLED_UNCHANGED if result.step_pooled is None else POOLED_OPTIMISED
+
+
 def _report_text(method: str, report: dict, steps: int) -> str:
     """A few lines for the node's report output."""
     landing = report.get("landing_losses", [])
@@ -226,15 +239,18 @@ class NullTextInversion(io.ComfyNode):
             raise InvEditInputError("The source and empty prompts come from different text encoders: use one CLIP.")
         batch = inversion.trajectory.noise.shape[0]
         initial = start_contexts(start, batch)
+        pooled = single_entry(template, "negative (empty) prompt")[1].get("pooled_output")
+        initial_pooled = None if pooled is None else start_contexts(pooled[:, None], batch)[:, 0]
         config = NullTextConfig(guidance=guidance, inner_steps=inner_steps, learning_rate=learning_rate,
                                 learning_rate_decay=learning_rate_decay, early_stop=early_stop,
                                 early_stop_growth=early_stop_growth, stop_check=stop_check)
         progress = NullTextProgress(inversion.steps, config)
-        result = run_null_text(model, inversion, template, initial, config, progress)
+        result = run_null_text(model, inversion, template, initial, config, progress, initial_pooled)
         progress.finish()
-        report = {**result.report(), "start_from": start_from}
+        report = {**result.report(), "start_from": start_from, "pooled_output": pooled_outcome(pooled, result)}
+        step_pooled = None if result.step_pooled is None else result.step_pooled.cpu()
         record = inversion.with_changes(
-            unconditioning=Unconditioning(METHOD_NULL_TEXT, template, result.step_contexts.cpu(), report),
+            unconditioning=Unconditioning(METHOD_NULL_TEXT, template, result.step_contexts.cpu(), report, step_pooled),
             settings={**inversion.settings, "null_text": {**asdict(config), "start_from": start_from}},
         )
         bounds = [config.step_threshold(i) for i in range(inversion.steps)]

@@ -30,6 +30,7 @@ ERROR_RATIO = 10.0
 27x at cfg 4 on these canvases: benchmarks/results/guidance_gap.md, flow table)."""
 NULL_TEXT = dict(inner_steps=10, learning_rate=0.01, learning_rate_decay=0.01, early_stop=1e-5,
                  early_stop_growth=2e-5, stop_check="before step", start_from="empty prompt")
+SAVED_NAME = "invedit-tests/flow_testbed_null_text"
 TINY_STEPS = 10
 TINY_GUIDANCE = 4.0
 TINY_NULL_TEXT = dict(NULL_TEXT, inner_steps=5)
@@ -109,10 +110,14 @@ def test_null_text_closes_the_guidance_gap_of_the_flow_testbed(pack_nodes, flow_
     optimised = null_text(pack_nodes, model, record, cfg)
     assert optimised.settings["process"] == "rectified-flow"
     assert optimised.unconditioning.step_contexts.shape[:2] == (TESTBED_STEPS, TESTBED_IMAGES)
+    # The pooled vector (Flux's y, [B, 64] here) is optimised with the token context.
+    assert optimised.unconditioning.report["pooled_output"] == "optimised"
+    assert optimised.unconditioning.step_pooled.shape == (TESTBED_STEPS, TESTBED_IMAGES, 64)
     assert image_mse(pack_nodes, flow_testbed_inversion, optimised, cfg) < plain / ERROR_RATIO
     # Control: no Adam step leaves the empty prompt's context at every step, which is plain Euler.
     unoptimised = null_text(pack_nodes, model, record, cfg, inner_steps=0)
     assert sum(unoptimised.unconditioning.report["gradient_steps"]) == 0
+    assert unoptimised.unconditioning.step_pooled is None  # nothing moved: the template's pooled vector
     assert not image_mse(pack_nodes, flow_testbed_inversion, unoptimised, cfg) < plain / ERROR_RATIO
     snapshot.assert_unchanged(model)
 
@@ -126,6 +131,24 @@ def test_null_text_from_the_source_prompt_starts_on_negative_prompt_inversion(pa
     template_options = optimised.unconditioning.conditioning[0][1]
     assert torch.equal(template_options["pooled_output"], positive[0][1]["pooled_output"])
     assert not torch.equal(negative[0][1]["pooled_output"], positive[0][1]["pooled_output"][:1])
+
+
+def test_a_saved_flow_null_text_inversion_loads_back_for_the_flow_model_only(pack_nodes, flow_testbed_inversion):
+    """Save / load keeps the per-step contexts and pooled vectors and the model family: the loaded record
+    reconstructs exactly as the one saved; the digits UNet refuses it, naming the family."""
+    model, positive, negative, _, record = flow_testbed_inversion
+    optimised = null_text(pack_nodes, model, record, TESTBED_GUIDANCES[0], inner_steps=2)
+    assert optimised.unconditioning.step_pooled is not None
+    with torch.inference_mode():
+        pack_nodes["InvEditSaveInversion"].execute(inversion=optimised, file_name=SAVED_NAME, overwrite=True)
+        loaded = pack_nodes["InvEditLoadInversion"].execute(model=model, file_name=SAVED_NAME).result[1]
+        unet, _ = pack_nodes["InvEditTestbedModelLoader"].execute(verify=True).result
+    assert loaded.settings["process"] == "rectified-flow"
+    assert torch.equal(loaded.unconditioning.step_pooled, optimised.unconditioning.step_pooled)
+    assert torch.equal(reconstruct(pack_nodes, model, positive, None, loaded, TESTBED_GUIDANCES[0]),
+                       reconstruct(pack_nodes, model, positive, None, optimised, TESTBED_GUIDANCES[0]))
+    with torch.inference_mode(), pytest.raises(ValueError, match="rectified-flow|another"):
+        pack_nodes["InvEditLoadInversion"].execute(model=unet, file_name=SAVED_NAME)
 
 
 def test_negative_prompt_inversion_makes_the_flow_testbed_cfg_free(pack_nodes, flow_testbed_inversion):
@@ -163,9 +186,10 @@ def latent_error(result: torch.Tensor, source: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("family", REAL_CFG_FAMILIES)
 def test_null_text_and_negative_prompt_run_on_flow_families_with_real_cfg(pack_nodes, family):
-    """Null-text lowers the error at cfg 4 (measured on these random-weight models: SD3.5 0.455 -> 0.357,
-    Qwen-Image 0.0095 -> 0.0072, Chroma 0.071 -> 0.0026); negative-prompt inversion reconstructs at cfg 4
-    exactly as at any other cfg; the MODEL is unchanged."""
+    """Null-text lowers the error at cfg 4 (measured on these random-weight models with the context alone:
+    SD3.5 0.455 -> 0.357, Qwen-Image 0.0095 -> 0.0072, Chroma 0.071 -> 0.0026) and optimises SD3.5's pooled
+    vector (Qwen-Image and Chroma have none); negative-prompt inversion reconstructs at cfg 4 exactly as at any
+    other cfg; the MODEL is unchanged."""
     model, positive, negative, record = tiny_inversion(pack_nodes, family)
     snapshot = ModelSnapshot.take(model)
     source = tfm.tiny_flow_latent(family, 3)["samples"]
@@ -173,6 +197,7 @@ def test_null_text_and_negative_prompt_run_on_flow_families_with_real_cfg(pack_n
     optimised = null_text(pack_nodes, model, record, TINY_GUIDANCE, **TINY_NULL_TEXT)
     rebuilt = reconstruct(pack_nodes, model, positive, None, optimised, TINY_GUIDANCE)
     assert bool(torch.isfinite(rebuilt).all()) and latent_error(rebuilt, source) < plain
+    assert optimised.unconditioning.report["pooled_output"] == ("optimised" if family == tfm.SD35 else "none")
     inverted = negative_prompt(pack_nodes, record)
     assert torch.equal(reconstruct(pack_nodes, model, positive, None, inverted, TINY_GUIDANCE),
                        reconstruct(pack_nodes, model, positive, None, inverted, 2 * TINY_GUIDANCE))
