@@ -59,16 +59,26 @@ FLOW_NULL_TEXT_VARIANTS = {
 }
 
 
+def testbed_session(nodes_map, loader_id: str, count: int, seed: int) -> tuple:
+    """The nodes a guidance-gap table uses, the test-bed ``loader_id`` loads, held-out canvases and the empty prompt.
+
+    Returns ``(encode, to_latent, to_image, reconstruct, invert, null_text, negative_prompt, direct, model,
+    text_encoder, images, prompts, negative)``.
+    """
+    encode, to_latent = nodes_map["InvEditTestbedTextEncode"], nodes_map["InvEditTestbedImageToLatent"]
+    node_ids = ("InvEditTestbedLatentToImage", "InvEditReconstruct", "InvEditDDIMInversion", "InvEditNullTextInversion",
+                "InvEditNegativePromptInversion", "InvEditDirectInversion")
+    model, text_encoder = nodes_map[loader_id].execute(verify=True).result
+    images, prompts = nodes_map["InvEditTestbedHeldOutDigits"].execute(count=count, seed=seed).result
+    negative = encode.execute(text_encoder=text_encoder, text="").result[0]
+    return (encode, to_latent, *(nodes_map[node_id] for node_id in node_ids), model, text_encoder, images, prompts,
+            negative)
+
+
 def measure(nodes_map, metrics, count: int, seed: int) -> dict:
     """{method: {metric: value}} averaged over ``count`` held-out canvases."""
-    loader, encode = nodes_map["InvEditTestbedModelLoader"], nodes_map["InvEditTestbedTextEncode"]
-    digits, to_latent = nodes_map["InvEditTestbedHeldOutDigits"], nodes_map["InvEditTestbedImageToLatent"]
-    to_image, reconstruct = nodes_map["InvEditTestbedLatentToImage"], nodes_map["InvEditReconstruct"]
-    invert, null_text = nodes_map["InvEditDDIMInversion"], nodes_map["InvEditNullTextInversion"]
-    negative_prompt, direct = nodes_map["InvEditNegativePromptInversion"], nodes_map["InvEditDirectInversion"]
-    model, text_encoder = loader.execute(verify=True).result
-    images, prompts = digits.execute(count=count, seed=seed).result
-    negative = encode.execute(text_encoder=text_encoder, text="").result[0]
+    (encode, to_latent, to_image, reconstruct, invert, null_text, negative_prompt, direct, model, text_encoder,
+     images, prompts, negative) = testbed_session(nodes_map, "InvEditTestbedModelLoader", count, seed)
     sums: dict[str, dict[str, float]] = {}
 
     def add(method: str, values: dict) -> None:
@@ -124,14 +134,8 @@ class Averages:
 
 def measure_flow(nodes_map, metrics, count: int, seed: int) -> dict:
     """{"cfg w": {method: {metric: value}}} on the flow test-bed, averaged over ``count`` held-out canvases."""
-    loader, encode = nodes_map["InvEditTestbedFlowModelLoader"], nodes_map["InvEditTestbedTextEncode"]
-    digits, to_latent = nodes_map["InvEditTestbedHeldOutDigits"], nodes_map["InvEditTestbedImageToLatent"]
-    to_image, reconstruct = nodes_map["InvEditTestbedLatentToImage"], nodes_map["InvEditReconstruct"]
-    invert, null_text = nodes_map["InvEditDDIMInversion"], nodes_map["InvEditNullTextInversion"]
-    negative_prompt, direct = nodes_map["InvEditNegativePromptInversion"], nodes_map["InvEditDirectInversion"]
-    model, text_encoder = loader.execute(verify=True).result
-    images, prompts = digits.execute(count=count, seed=seed).result
-    negative = encode.execute(text_encoder=text_encoder, text="").result[0]
+    (encode, to_latent, to_image, reconstruct, invert, null_text, negative_prompt, direct, model, text_encoder,
+     images, prompts, negative) = testbed_session(nodes_map, "InvEditTestbedFlowModelLoader", count, seed)
     tables = {guidance: Averages(count) for guidance in FLOW_GUIDANCES}
     for index, prompt in enumerate(prompts.splitlines()):
         image = images[index:index + 1]
