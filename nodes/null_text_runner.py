@@ -49,9 +49,11 @@ def null_text_loop(run: SamplerRun, *, record: InversionRecord, initial_context:
     previous_wrapper = options.get("model_function_wrapper")
 
     def cond(x_in, sigma):
+        comfy.model_management.throw_exception_if_processing_interrupted()
         return comfy.samplers.calc_cond_batch(base_model, [positive], x_in, sigma, options)[0]
 
     def uncond(x_in, sigma, embedding):
+        comfy.model_management.throw_exception_if_processing_interrupted()  # Cancel stops before the next forward
         context, pooled = (embedding, None) if layout is None else layout.unpack(embedding)
         wrapped = dict(options)
         wrapped["model_function_wrapper"] = uncond_context_wrapper(
