@@ -16,7 +16,11 @@ guidance 7.5 through InvEdit Reconstruct with
 Prints a markdown table: PSNR and MSE on [0, 1] images, the error ratio to plain DDIM, Adam
 (gradient) steps and seconds of optimisation per image.
 
-    python benchmarks/guidance_gap.py [--count 8] [--out benchmarks/results]
+With ``--flow`` the same on the flow test-bed (ComfyUI's own Flux, rectified flow): Euler inversion at
+guidance 1, 50 steps (scheduler auto: the model's "simple" schedule), reconstructed at guidance 2 (the
+model's usual cfg), 4 and 7.5; written to guidance_gap_flow.md / .json.
+
+    python benchmarks/guidance_gap.py [--flow] [--count 8] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -43,18 +47,38 @@ NULL_TEXT_VARIANTS = {
                                                             "learning_rate": 0.05, "start_from": "source prompt"},
 }
 PLAIN = "DDIM (empty prompt, the guidance gap)"
+FLOW_GUIDANCES = (2.0, 4.0, 7.5)
+FLOW_PLAIN = "Euler (empty prompt, the guidance gap)"
+FLOW_NULL_TEXT_VARIANTS = {
+    "null-text, reference loop (lr 0.01)": REFERENCE,
+    "null-text, InvEdit default (before step, lr 0.01)": NULL_TEXT_VARIANTS[
+        "null-text, InvEdit default (before step, lr 0.01)"],
+    "null-text, before step, lr 0.05": NULL_TEXT_VARIANTS["null-text, before step, lr 0.05"],
+    "null-text, from source prompt (and its pooled vector)": {**REFERENCE, "stop_check": "before step",
+                                                              "start_from": "source prompt"},
+}
+
+
+def testbed_session(nodes_map, loader_id: str, count: int, seed: int) -> tuple:
+    """The nodes a guidance-gap table uses, the test-bed ``loader_id`` loads, held-out canvases and the empty prompt.
+
+    Returns ``(encode, to_latent, to_image, reconstruct, invert, null_text, negative_prompt, direct, model,
+    text_encoder, images, prompts, negative)``.
+    """
+    encode, to_latent = nodes_map["InvEditTestbedTextEncode"], nodes_map["InvEditTestbedImageToLatent"]
+    node_ids = ("InvEditTestbedLatentToImage", "InvEditReconstruct", "InvEditDDIMInversion", "InvEditNullTextInversion",
+                "InvEditNegativePromptInversion", "InvEditDirectInversion")
+    model, text_encoder = nodes_map[loader_id].execute(verify=True).result
+    images, prompts = nodes_map["InvEditTestbedHeldOutDigits"].execute(count=count, seed=seed).result
+    negative = encode.execute(text_encoder=text_encoder, text="").result[0]
+    return (encode, to_latent, *(nodes_map[node_id] for node_id in node_ids), model, text_encoder, images, prompts,
+            negative)
 
 
 def measure(nodes_map, metrics, count: int, seed: int) -> dict:
     """{method: {metric: value}} averaged over ``count`` held-out canvases."""
-    loader, encode = nodes_map["InvEditTestbedModelLoader"], nodes_map["InvEditTestbedTextEncode"]
-    digits, to_latent = nodes_map["InvEditTestbedHeldOutDigits"], nodes_map["InvEditTestbedImageToLatent"]
-    to_image, reconstruct = nodes_map["InvEditTestbedLatentToImage"], nodes_map["InvEditReconstruct"]
-    invert, null_text = nodes_map["InvEditDDIMInversion"], nodes_map["InvEditNullTextInversion"]
-    negative_prompt, direct = nodes_map["InvEditNegativePromptInversion"], nodes_map["InvEditDirectInversion"]
-    model, text_encoder = loader.execute(verify=True).result
-    images, prompts = digits.execute(count=count, seed=seed).result
-    negative = encode.execute(text_encoder=text_encoder, text="").result[0]
+    (encode, to_latent, to_image, reconstruct, invert, null_text, negative_prompt, direct, model, text_encoder,
+     images, prompts, negative) = testbed_session(nodes_map, "InvEditTestbedModelLoader", count, seed)
     sums: dict[str, dict[str, float]] = {}
 
     def add(method: str, values: dict) -> None:
@@ -95,30 +119,104 @@ def measure(nodes_map, metrics, count: int, seed: int) -> dict:
     return sums
 
 
+class Averages:
+    """Running per-image means of each row's figures: ``rows[row][metric]``."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.rows: dict[str, dict[str, float]] = {}
+
+    def add(self, row: str, values: dict) -> None:
+        sums = self.rows.setdefault(row, {})
+        for key, value in values.items():
+            sums[key] = sums.get(key, 0.0) + value / self.count
+
+
+def measure_flow(nodes_map, metrics, count: int, seed: int) -> dict:
+    """{"cfg w": {method: {metric: value}}} on the flow test-bed, averaged over ``count`` held-out canvases."""
+    (encode, to_latent, to_image, reconstruct, invert, null_text, negative_prompt, direct, model, text_encoder,
+     images, prompts, negative) = testbed_session(nodes_map, "InvEditTestbedFlowModelLoader", count, seed)
+    tables = {guidance: Averages(count) for guidance in FLOW_GUIDANCES}
+    for index, prompt in enumerate(prompts.splitlines()):
+        image = images[index:index + 1]
+        positive = encode.execute(text_encoder=text_encoder, text=prompt).result[0]
+        latent = to_latent.execute(image=image).result[0]
+        _, record, _ = invert.execute(model=model, positive=positive, negative=negative, latent=latent, steps=STEPS,
+                                      inversion_cfg=1.0, scheduler="auto", clean_level="zero",
+                                      **inversion_options()).result
+
+        def score(candidate, guidance: float) -> dict:
+            rebuilt = reconstruct.execute(model=model, positive=positive, negative=negative, inversion=candidate,
+                                          cfg=guidance).result[0]
+            result = to_image.execute(latent=rebuilt, scale=1).result[0].movedim(-1, 1)
+            scores = metrics.reconstruction_scores(image.movedim(-1, 1), result)
+            return {"MSE": float(scores.mse.mean()), "PSNR": float(scores.psnr.clamp(max=99.0).mean())}
+
+        for guidance, table in tables.items():
+            table.add(FLOW_PLAIN, score(record, guidance))
+            table.add("negative-prompt", score(negative_prompt.execute(inversion=record,
+                                                                       empty_prompt_weight=0.0).result[0], guidance))
+            table.add("negative-prompt, 20 % empty prompt",
+                      score(negative_prompt.execute(inversion=record, empty_prompt_weight=0.2).result[0], guidance))
+            for method, settings in FLOW_NULL_TEXT_VARIANTS.items():
+                optimised = null_text.execute(model=model, inversion=record, **{**settings, "guidance": guidance}
+                                              ).result[0]
+                report = optimised.unconditioning.report
+                table.add(method, {**score(optimised, guidance), "gradient steps": report["total_gradient_steps"],
+                                   "optimisation s": report["seconds"]})
+            table.add("direct inversion", score(direct.execute(inversion=record).result[0], guidance))
+    results = {}
+    for guidance, table in tables.items():
+        for row in table.rows.values():
+            plain = table.rows[FLOW_PLAIN]["MSE"]
+            row["MSE ratio (Euler / method)"] = plain / row["MSE"] if row["MSE"] > 0 else None
+        results[f"cfg {guidance:g}"] = table.rows
+    return results
+
+
+def cell(column: str, row: dict) -> str:
+    """One table cell: ``exact`` for a zero-error ratio, steps as integers, 3 significant places otherwise."""
+    value = row.get(column)
+    if column.startswith("MSE ratio") and row["MSE"] == 0.0:
+        return "exact"
+    if value is None:
+        return ""
+    if column == "gradient steps":
+        return f"{value:.0f}"
+    if column == "MSE":
+        return f"{value:.2e}"
+    return f"{value:.1f}" if abs(value) >= 1 else f"{value:.3f}"
+
+
+def markdown_flow(results: dict, count: int) -> str:
+    columns = ["PSNR", "MSE", "MSE ratio (Euler / method)", "gradient steps", "optimisation s"]
+    lines = [f"Flow test-bed (Flux, rectified flow), held-out digits: {count} canvases one at a time, {STEPS} steps, "
+             "Euler-inverted at guidance 1, reconstructed at the guidance of each block; per-image means (PSNR "
+             "capped at 99 dB for exact results).", "",
+             "| cfg | method | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+    for guidance, rows in results.items():
+        for method, row in rows.items():
+            lines.append(f"| {guidance.split()[-1]} | {method} | " + " | ".join(cell(c, row) for c in columns) + " |")
+    return "\n".join(lines)
+
+
 def markdown(rows: dict, count: int) -> str:
     columns = ["PSNR", "MSE", "MSE ratio (DDIM / method)", "gradient steps", "optimisation s", "sampling s"]
     lines = [f"Held-out digits: {count} canvases one at a time, {STEPS} steps, inverted at guidance 1, reconstructed "
              f"at guidance {GUIDANCE:g}; per-image means (PSNR capped at 99 dB for exact results).",
              "", "| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for method, row in rows.items():
-        cells = []
-        for column in columns:
-            value = row.get(column)
-            if column == "MSE ratio (DDIM / method)" and row["MSE"] == 0.0:
-                cells.append("exact")
-            elif value is None:
-                cells.append("")
-            elif column == "gradient steps":
-                cells.append(f"{value:.0f}")
-            elif column == "MSE":
-                cells.append(f"{value:.2e}")
-            else:
-                cells.append(f"{value:.1f}" if abs(value) >= 1 else f"{value:.3f}")
+        cells = [cell(column, row) for column in columns]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
+    if "--flow" in sys.argv:
+        sys.argv.remove("--flow")
+        run_heldout_benchmark(__doc__.splitlines()[0], "guidance_gap_flow", 8, "held-out canvases", measure_flow,
+                              markdown_flow)
+        return
     run_heldout_benchmark(__doc__.splitlines()[0], "guidance_gap", 8, "held-out canvases", measure, markdown)
 
 

@@ -27,7 +27,8 @@ Models:
 * ``sd15``: the SD1.5 architecture (ComfyUI's SD15 config, 860M parameters, seeded random
   weights), 256x256 (a 32x32 latent), 77-token prompts, 5 steps x 3 Adam steps;
 * ``flux``: Flux-shaped (``comfy.ldm.flux`` at Flux's full width, 3072 with 24 heads, 1 double and
-  1 single block: 546M parameters), a 64x64 image (8x8 latent, 16 image tokens), 16 T5 tokens;
+  1 single block, no guidance embedding since null-text needs real CFG: about 536M parameters), a
+  64x64 image (8x8 latent, 16 image tokens), 16 T5 tokens;
 * ``small-sd15``: the SD1.5 layout at 64 channels (35M parameters), an 8x8 latent: the model of
   the memory-bound test (tests/host/test_null_text_float16.py);
 * ``sd15-gpu``: ``sd15`` on CUDA at 512x512 (``--gpu``; needs a GPU, weights float16).

@@ -140,6 +140,8 @@ class NullTextResult:
         final_state: ``[B, C, H, W]`` the state reached after the last step.
         loss_scale: the final dynamic loss scale (None: no loss scaling).
         loss_scale_overflows: backward passes redone with a smaller loss scale.
+        step_pooled: ``[N, B, P]`` pooled vector of each step and image when it was optimised with the
+            context (see :class:`PooledLayout`; the caller unpacks), else None.
     """
 
     step_contexts: torch.Tensor
@@ -155,6 +157,7 @@ class NullTextResult:
     final_state: Optional[torch.Tensor] = None
     loss_scale: Optional[float] = None
     loss_scale_overflows: int = 0
+    step_pooled: Optional[torch.Tensor] = None
 
     @property
     def total_gradient_steps(self) -> int:
@@ -369,6 +372,36 @@ def _optimise_step(problem: _StepProblem, contexts: torch.Tensor, result: NullTe
     best_contexts = torch.cat([search.best[1] for search in searches])
     best_states = torch.cat([search.best[2] for search in searches])
     return best_contexts, best_states, last_losses, steps_taken
+
+
+@dataclass(frozen=True)
+class PooledLayout:
+    """A token context and a pooled prompt vector optimised together as one flat embedding per image.
+
+    Models such as SD3.5, Flux and SDXL read a pooled vector besides the tokens (through their
+    ``y``); optimising it with the context gives null-text more to move. Adam works element by
+    element, so one Adam over the flat tensor ``[B, 1, L * D + P]`` is exactly one Adam over the two
+    tensors at the same learning rate, and :func:`optimise_null_text` needs no change.
+    """
+
+    tokens: int
+    width: int
+    pooled: int
+
+    @classmethod
+    def of(cls, context: torch.Tensor, pooled: torch.Tensor) -> "PooledLayout":
+        """The layout of ``context [B, L, D]`` with ``pooled [B, P]``."""
+        return cls(context.shape[-2], context.shape[-1], pooled.shape[-1])
+
+    def pack(self, context: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, L * D + P]`` from ``context [B, L, D]`` and ``pooled [B, P]`` (same ``B``)."""
+        return torch.cat([context.flatten(-2), pooled], dim=-1).unsqueeze(-2)
+
+    def unpack(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(context [..., L, D], pooled [..., P])`` from ``packed [..., 1, L * D + P]``."""
+        flat = packed.squeeze(-2)
+        split = self.tokens * self.width
+        return flat[..., :split].unflatten(-1, (self.tokens, self.width)), flat[..., split:]
 
 
 def per_image_contexts(initial_context: torch.Tensor, batch: int) -> torch.Tensor:

@@ -33,12 +33,16 @@ class Unconditioning:
             ``sampling_sigmas[i]``); ``B`` is 1 (shared by every row) or the inversion's batch.
             None means the template's own context at every step.
         report: JSON-able figures of how it was made (losses, gradient steps, seconds).
+        step_pooled: ``[N, B, P]`` float32 pooled prompt vector per sampling step, paired like
+            ``step_contexts``, for models that read one (SDXL, SD3.5, Flux, the flow test-bed: the
+            head of the model's ``y``); None means the template's own pooled vector at every step.
     """
 
     method: str
     conditioning: Any
     step_contexts: Optional[torch.Tensor] = None
     report: dict[str, Any] = field(default_factory=dict)
+    step_pooled: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
         if self.method not in UNCONDITIONING_METHODS:
@@ -106,7 +110,8 @@ class InversionRecord:
         """A new record holding only the batch rows ``indices`` (repeats allowed), in that order.
 
         The trajectory ``[N+1, B, C, H, W]`` and per-image null-text contexts ``[N, B, L, D]``
-        are indexed on their batch axis; contexts shared by every row (``B`` = 1) are kept.
+        (and pooled vectors ``[N, B, P]``) are indexed on their batch axis; contexts shared by
+        every row (``B`` = 1) are kept.
         ``positive`` / ``negative`` are opaque here: give the selected rows' prompts with
         :meth:`with_changes`. ``settings`` keep describing the batch the rows came from.
         """
@@ -115,6 +120,8 @@ class InversionRecord:
         uncond = self.unconditioning
         if uncond is not None and uncond.step_contexts is not None and uncond.step_contexts.shape[1] > 1:
             uncond = replace(uncond, step_contexts=uncond.step_contexts[:, rows])
+        if uncond is not None and uncond.step_pooled is not None and uncond.step_pooled.shape[1] > 1:
+            uncond = replace(uncond, step_pooled=uncond.step_pooled[:, rows])
         return replace(self, trajectory=trajectory, unconditioning=uncond)
 
 

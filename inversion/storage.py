@@ -9,8 +9,8 @@ File layout (a plain safetensors file):
 
 * tensors: ``trajectory.sigmas`` ``[N+1]``, ``trajectory.latents`` ``[N+1, B, C, H, W]`` (``[N+1, B, C,
   1, H, W]`` for Qwen-Image),
-  ``sampling_sigmas`` ``[N+1]``, ``unconditioning.step_contexts`` ``[N, B, L, D]`` (when
-  present) and the tensors found inside the CONDITIONINGs, settings and report, named
+  ``sampling_sigmas`` ``[N+1]``, ``unconditioning.step_contexts`` ``[N, B, L, D]`` and
+  ``unconditioning.step_pooled`` ``[N, B, P]`` (when present) and the tensors found inside the CONDITIONINGs, settings and report, named
   ``<owner>.<n>`` (``positive.0``, ``negative.1``, ...) in the order they are met;
 * one metadata entry, :data:`METADATA_KEY`, holding a JSON document with the format name and
   version, the tensors' digest and the record's structure, in which a tensor is written
@@ -61,6 +61,7 @@ TRAJECTORY_SIGMAS = "trajectory.sigmas"
 TRAJECTORY_LATENTS = "trajectory.latents"
 SAMPLING_SIGMAS = "sampling_sigmas"
 STEP_CONTEXTS = "unconditioning.step_contexts"
+STEP_POOLED = "unconditioning.step_pooled"
 
 TRAJECTORY_DIMS = (5, 6)
 """``[N+1, B, C, H, W]``, or ``[N+1, B, C, 1, H, W]`` for models with 5-D latents (Qwen-Image)."""
@@ -216,7 +217,8 @@ def record_to_file_parts(record: InversionRecord) -> tuple[dict[str, torch.Tenso
 
     Returns ``(tensors, metadata)``: tensors are CPU, contiguous copies (dtype and bytes
     unchanged): ``trajectory.sigmas`` ``[N+1]``, ``trajectory.latents`` ``[N+1, B, C, H, W]``,
-    ``sampling_sigmas`` ``[N+1]``, ``unconditioning.step_contexts`` ``[N, B, L, D]`` if any, and
+    ``sampling_sigmas`` ``[N+1]``, ``unconditioning.step_contexts`` ``[N, B, L, D]`` and
+    ``unconditioning.step_pooled`` ``[N, B, P]`` if any, and
     those found in the conditionings, settings and report. ``metadata`` has one entry,
     :data:`METADATA_KEY`, a JSON document. Raises :class:`InversionNotSaveableError` for a value
     that cannot be stored (the message names where it is).
@@ -235,6 +237,8 @@ def record_to_file_parts(record: InversionRecord) -> tuple[dict[str, torch.Tenso
             "step_contexts": None if uncond.step_contexts is None else store.add(STEP_CONTEXTS, uncond.step_contexts),
             "report": _encode(uncond.report, store, "unconditioning.report"),
         }
+        if uncond.step_pooled is not None:  # files without pooled vectors keep their earlier bytes
+            unconditioning["step_pooled"] = store.add(STEP_POOLED, uncond.step_pooled)
     structure = {
         "trajectory": {"model_calls": trajectory.model_calls,
                        "config": _encode(asdict(trajectory.config), store, "trajectory.config")},
@@ -327,7 +331,7 @@ def record_from_file_parts(tensors: dict[str, torch.Tensor], metadata: Optional[
     uncond_data = structure.get("unconditioning")
     if uncond_data is not None:
         uncond_data = _expect(uncond_data, dict, "unconditioning")
-        contexts_name = uncond_data.get("step_contexts")
+        contexts_name, pooled_name = uncond_data.get("step_contexts"), uncond_data.get("step_pooled")
         try:
             unconditioning = Unconditioning(
                 method=_expect(uncond_data.get("method"), str, "unconditioning.method"),
@@ -335,6 +339,7 @@ def record_from_file_parts(tensors: dict[str, torch.Tensor], metadata: Optional[
                 step_contexts=None if contexts_name is None else _tensor(tensors, contexts_name, "unconditioning"),
                 report=_expect(_decode(uncond_data.get("report", {}), tensors, "unconditioning.report"), dict,
                                "unconditioning.report"),
+                step_pooled=None if pooled_name is None else _tensor(tensors, pooled_name, "unconditioning"),
             )
         except InversionFileError:
             raise

@@ -42,7 +42,10 @@ def negative_for(record, fallback) -> Any:
         return fallback
     if uncond.step_contexts is None:
         return uncond.conditioning
-    return with_context(uncond.conditioning, uncond.step_contexts[0][:1])
+    conditioning = with_context(uncond.conditioning, uncond.step_contexts[0][:1])
+    if uncond.step_pooled is not None:
+        conditioning[0][1]["pooled_output"] = uncond.step_pooled[0][:1]
+    return conditioning
 
 
 def substitute_uncond_context(batch_context: torch.Tensor, cond_or_uncond: list[int],
@@ -83,15 +86,39 @@ def substitute_uncond_context(batch_context: torch.Tensor, cond_or_uncond: list[
     return torch.cat(pieces)
 
 
+def substitute_uncond_pooled(batch_y: torch.Tensor, cond_or_uncond: list[int], pooled: torch.Tensor) -> torch.Tensor:
+    """Put ``pooled [B or 1, P]`` into the first ``P`` channels of the unconditional chunks of ``y [rows, Y]``.
+
+    ComfyUI's models that read a pooled prompt vector take it as the head of their ``y``: all of it for
+    SD3 and Flux, followed by the size embeddings for SDXL. Differentiable in ``pooled``.
+    """
+    rows, width = batch_y.shape
+    chunks = len(cond_or_uncond)
+    batch, pooled_width = rows // chunks, pooled.shape[-1]
+    if pooled_width > width or pooled.shape[0] not in (1, batch):
+        raise ValueError(f"The unconditional pooled vector {list(pooled.shape)} does not fit the model's y "
+                         f"[{rows}, {width}]: it was made with another text encoder or batch.")
+    dtype = torch.promote_types(batch_y.dtype, pooled.dtype)
+    pieces = []
+    for k, kind in enumerate(cond_or_uncond):
+        chunk = batch_y[k * batch:(k + 1) * batch].to(dtype)
+        if kind == 1:
+            chunk = torch.cat([pooled.to(batch_y.device, dtype).expand(batch, -1), chunk[:, pooled_width:]], dim=1)
+        pieces.append(chunk)
+    return torch.cat(pieces)
+
+
 ContextForCall = Callable[[torch.Tensor], torch.Tensor]
-"""``timestep [rows] -> context [B or 1, L, D]`` for the unconditional rows of a model call."""
+"""``timestep [rows] -> context [B or 1, L, D]`` (or pooled vector ``[B or 1, P]``) for the unconditional rows
+of a model call."""
 
 
-
-def uncond_context_wrapper(context_for: ContextForCall, previous: Optional[Callable] = None) -> Callable:
+def uncond_context_wrapper(context_for: ContextForCall, previous: Optional[Callable] = None,
+                           pooled_for: Optional[ContextForCall] = None) -> Callable:
     """A ``model_function_wrapper`` that puts ``context_for(sigma)`` into the unconditional rows.
 
-    ``previous`` is the wrapper the model already had; it is called with the new context.
+    ``pooled_for(sigma)``, if given, goes into the head of their ``y`` (models that read no ``y``
+    ignore it). ``previous`` is the wrapper the model already had; it is called with the new context.
     """
 
     def wrapper(apply_model, args: dict):
@@ -101,6 +128,8 @@ def uncond_context_wrapper(context_for: ContextForCall, previous: Optional[Calla
             c = dict(c)
             c["c_crossattn"] = substitute_uncond_context(c["c_crossattn"], cond_or_uncond,
                                                          context_for(args["timestep"]))
+            if pooled_for is not None and c.get("y") is not None:
+                c["y"] = substitute_uncond_pooled(c["y"], cond_or_uncond, pooled_for(args["timestep"]))
         if previous is not None:
             return previous(apply_model, {**args, "c": c})
         return apply_model(args["input"], args["timestep"], **c)

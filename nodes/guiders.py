@@ -19,7 +19,7 @@ from .schedules import check_schedule, step_for_sigma
 
 
 def step_context_lookup(step_contexts: torch.Tensor, sampling_sigmas: torch.Tensor) -> ContextForCall:
-    """``timestep -> step_contexts[i]`` with ``i`` paired by sigma."""
+    """``timestep -> step_contexts[i]`` with ``i`` paired by sigma (contexts ``[N, B, L, D]`` or pooled ``[N, B, P]``)."""
 
     def context_for(timestep: torch.Tensor) -> torch.Tensor:
         return step_contexts[step_for_sigma(timestep, sampling_sigmas)]
@@ -28,14 +28,19 @@ def step_context_lookup(step_contexts: torch.Tensor, sampling_sigmas: torch.Tens
 
 
 def sampling_model(model, record: InversionRecord):
-    """A clone of ``model`` that feeds ``record``'s per-step unconditional contexts (or ``model`` itself)."""
+    """A clone of ``model`` that feeds ``record``'s per-step unconditional contexts and pooled vectors (or
+    ``model`` itself)."""
     uncond = record.unconditioning
     if uncond is None or uncond.step_contexts is None:
         return model
     clone = model.clone()
     previous = clone.model_options.get("model_function_wrapper")
+    pooled_for = None
+    if uncond.step_pooled is not None:
+        pooled_for = step_context_lookup(uncond.step_pooled, record.sampling_sigmas)
     clone.set_model_unet_function_wrapper(
-        uncond_context_wrapper(step_context_lookup(uncond.step_contexts, record.sampling_sigmas), previous))
+        uncond_context_wrapper(step_context_lookup(uncond.step_contexts, record.sampling_sigmas), previous,
+                               pooled_for))
     return clone
 
 

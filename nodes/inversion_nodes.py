@@ -19,7 +19,7 @@ from .conditioning import with_distilled_guidance
 from .errors import InvEditInputError
 from .fingerprint import model_fingerprint
 from .guiders import InversionGuider
-from .model_info import has_guidance_embedding, lowest_sigma
+from .model_info import guidance_distillation, has_guidance_embedding, lowest_sigma
 from .options import inversion_config, inversion_option_inputs
 from .sampling import inversion_noise_latent, inversion_sampler, plain_guider, replay_sampler, sample_with_guider
 from .schedules import SCHEDULER_AUTO, SIGMA_MATCH_RTOL, resolve_scheduler, schedule, steps_made_note
@@ -164,7 +164,7 @@ class DDIMInversion(io.ComfyNode):
                 config, trajectory, steps=steps_made, steps_requested=steps, scheduler=scheduler,
                 scheduler_used=scheduler_used,
                 inversion_cfg=inversion_cfg, clean_level=clean_level, distilled_guidance=distilled,
-                guidance_distilled_model=has_guidance_embedding(model),
+                guidance_distilled_model=has_guidance_embedding(model), distillation=guidance_distillation(model),
                 source_latent_sha256=tensor_sha256(samples), model_fingerprint=model_fingerprint(model)),
             positive=positive,
             negative=negative,

@@ -11,6 +11,7 @@ import torch
 
 import comfy.ldm.modules.diffusionmodules.openaimodel as comfy_unet
 import comfy.model_sampling
+import comfy.supported_models
 
 from ..inversion import PREDICTION_EPS, PREDICTION_V, PREDICTION_VELOCITY
 from ..inversion.process import DDPM, RECTIFIED_FLOW, DiffusionProcess
@@ -68,6 +69,28 @@ def has_guidance_embedding(model) -> bool:
     """Whether a MODEL is guidance-distilled: it reads a ``guidance`` value through an embedding (Flux dev,
     Krea, Kontext), instead of (or besides) classifier-free guidance."""
     return bool(getattr(model.model.model_config, "unet_config", {}).get("guidance_embed", False))
+
+
+DISTILLED_GUIDANCE = "guidance-distilled"
+"""A model trained to imitate classifier-free guidance from a guidance value it reads (Flux dev, Krea, Kontext)."""
+
+DISTILLED_TIMESTEPS = "timestep-distilled"
+"""A few-step model sampled at cfg 1, trained without an unconditional branch (Flux schnell)."""
+
+
+def guidance_distillation(model) -> str | None:
+    """How a MODEL was distilled away from classifier-free guidance, or None for a model with real CFG.
+
+    ``"guidance-distilled"``: it has a guidance embedding (:func:`has_guidance_embedding`).
+    ``"timestep-distilled"``: ComfyUI's Flux schnell config (no guidance embedding, but no trained
+    unconditional branch either). Distilled checkpoints that share a real-CFG model's config (SD3.5
+    Large Turbo) cannot be told apart here and count as real CFG.
+    """
+    if has_guidance_embedding(model):
+        return DISTILLED_GUIDANCE
+    if isinstance(model.model.model_config, comfy.supported_models.FluxSchnell):
+        return DISTILLED_TIMESTEPS
+    return None
 
 
 SCHEDULER_DDIM = "ddim_uniform"

@@ -16,7 +16,7 @@ import comfy.model_management
 import comfy.samplers
 
 from ..inversion.loss_scaling import DynamicLossScale, NonFiniteGradientError
-from ..inversion.null_text import NonFiniteLossError, NullTextConfig, NullTextResult, optimise_null_text
+from ..inversion.null_text import NonFiniteLossError, NullTextConfig, NullTextResult, PooledLayout, optimise_null_text
 from ..inversion.record import InversionRecord
 from .checks import check_finite
 from .conditioning import uncond_context_wrapper, with_context
@@ -34,12 +34,14 @@ def loss_scale_for(model_patcher) -> Optional[DynamicLossScale]:
 
 
 def null_text_loop(run: SamplerRun, *, record: InversionRecord, initial_context: torch.Tensor, config: NullTextConfig,
-                   progress: Callable[[dict], None], result_sink: list) -> torch.Tensor:
+                   progress: Callable[[dict], None], result_sink: list,
+                   layout: Optional[PooledLayout] = None) -> torch.Tensor:
     """Pack loop: null-text optimisation along ``record``'s schedule, from the noise ``run.latent``.
 
     Runs inside CFGGuider.sample with the source prompt as positive and the unconditional
     template as negative; appends the :class:`NullTextResult` to ``result_sink`` and returns the
-    reconstruction it reached.
+    reconstruction it reached. With ``layout``, ``initial_context`` is the packed context and pooled
+    vector (:class:`PooledLayout`) and both reach the unconditional rows.
     """
     guider, x = run.guider, run.latent
     base_model, options = guider.inner_model, run.extra_args.get("model_options", {})
@@ -50,10 +52,12 @@ def null_text_loop(run: SamplerRun, *, record: InversionRecord, initial_context:
         comfy.model_management.throw_exception_if_processing_interrupted()
         return comfy.samplers.calc_cond_batch(base_model, [positive], x_in, sigma, options)[0]
 
-    def uncond(x_in, sigma, context):
+    def uncond(x_in, sigma, embedding):
         comfy.model_management.throw_exception_if_processing_interrupted()  # Cancel stops before the next forward
+        context, pooled = (embedding, None) if layout is None else layout.unpack(embedding)
         wrapped = dict(options)
-        wrapped["model_function_wrapper"] = uncond_context_wrapper(lambda _: context, previous_wrapper)
+        wrapped["model_function_wrapper"] = uncond_context_wrapper(
+            lambda _: context, previous_wrapper, None if pooled is None else (lambda _: pooled))
         return comfy.samplers.calc_cond_batch(base_model, [None, negative], x_in, sigma, wrapped)[1]
 
     def on_progress(info: dict) -> None:
@@ -82,19 +86,26 @@ def check_no_hooks(conditioning, what: str) -> None:
 
 
 def run_null_text(model, record: InversionRecord, template, initial_context: torch.Tensor,
-                  config: NullTextConfig, progress: Callable[[dict], None]) -> NullTextResult:
-    """Optimise ``record``'s per-step unconditional contexts (``initial_context [B or 1, L, D]``) on ``model``.
+                  config: NullTextConfig, progress: Callable[[dict], None],
+                  initial_pooled: Optional[torch.Tensor] = None) -> NullTextResult:
+    """Optimise ``record``'s per-step unconditional contexts (``initial_context [B, L, D]``) on ``model``.
 
-    ``model`` is not changed: gradients are taken through it as loaded (see :mod:`.gradients`).
+    With ``initial_pooled [B, P]`` the pooled vector is optimised with the context and the result's
+    ``step_pooled`` holds it (None when it did not move: a model that reads no pooled vector, or no
+    Adam step). ``model`` is not changed: gradients are taken through it as loaded (see :mod:`.gradients`).
     """
     check_no_hooks(record.positive, "inversion's source prompt")
     check_no_hooks(template, "negative (empty) prompt")
     noise_raw = inversion_noise_latent(model, record)
     sink: list = []
     guider = plain_guider(model, record.positive, with_context(template, initial_context[:1]), config.guidance)
+    layout, start = None, initial_context
+    if initial_pooled is not None:
+        layout = PooledLayout.of(initial_context, initial_pooled)
+        start = layout.pack(initial_context, initial_pooled.to(initial_context))
     sampler = PackSampler(null_text_loop, "Null-text optimisation", "Null-text optimisation",
-                          {"record": record, "initial_context": initial_context, "config": config,
-                           "progress": progress, "result_sink": sink})
+                          {"record": record, "initial_context": start, "config": config,
+                           "progress": progress, "result_sink": sink, "layout": layout})
     try:
         sample_with_guider(guider, noise_raw, sampler, record.sampling_sigmas, preview=False)
     except (NonFiniteLossError, NonFiniteGradientError) as error:
@@ -108,4 +119,10 @@ def run_null_text(model, record: InversionRecord, template, initial_context: tor
                 "plain dtype, or use negative-prompt or direct inversion with this model."
             ) from error
         raise
-    return sink[0]
+    result = sink[0]
+    if layout is not None:
+        step_contexts, step_pooled = layout.unpack(result.step_contexts)
+        result.step_contexts, step_pooled = step_contexts.contiguous(), step_pooled.contiguous()
+        moved = not torch.equal(step_pooled, initial_pooled.to(step_pooled).expand_as(step_pooled))
+        result.step_pooled = step_pooled if moved else None
+    return result

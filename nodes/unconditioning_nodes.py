@@ -29,8 +29,9 @@ from ..inversion.null_text import (
     NullTextConfig,
 )
 from ..inversion.record import METHOD_NEGATIVE_PROMPT, METHOD_NULL_TEXT, InversionRecord, Unconditioning
-from .conditioning import single_entry
+from .conditioning import single_entry, with_context
 from .errors import InvEditInputError
+from .model_info import DISTILLED_GUIDANCE, DISTILLED_TIMESTEPS, guidance_distillation
 from .null_text_runner import run_null_text
 from .previews import image_from_pil, loss_plot, progress_preview
 from .sockets import CATEGORY_INVERSION, MAX_CFG, Inversion
@@ -93,6 +94,36 @@ class NullTextProgress:
         return progress_preview(loss_plot(self.losses, bounds, self.n_steps, caption))
 
 
+DISTILLED_MODEL_WORDS = {
+    DISTILLED_GUIDANCE: "guidance-distilled (Flux dev, Krea or Kontext: it reads its guidance from FluxGuidance and "
+                        "is sampled at cfg 1)",
+    DISTILLED_TIMESTEPS: "timestep-distilled (Flux schnell: a few-step model sampled at cfg 1)",
+}
+
+
+def check_real_guidance(distillation: Optional[str], method: str) -> None:
+    """Refuse a guidance-distilled model: ``method`` changes the unconditional branch, which it has not got.
+
+    ``distillation`` is :func:`.model_info.guidance_distillation` of the model (None: real CFG).
+    """
+    if distillation is None:
+        return
+    raise InvEditInputError(
+        f"{method} inversion changes the unconditional branch of classifier-free guidance, and this model is "
+        f"{DISTILLED_MODEL_WORDS.get(distillation, distillation)}: it was trained without one, so there is no "
+        "guidance gap to close. Use InvEdit Direct Inversion (it works on every model), and reconstruct or edit "
+        "at cfg 1."
+    )
+
+
+def recorded_distillation(inversion: InversionRecord) -> Optional[str]:
+    """The distillation of the model an INVERSION was made with (None: real CFG, or a record that predates it)."""
+    settings = inversion.settings
+    if settings.get("distillation") is not None:
+        return settings["distillation"]
+    return DISTILLED_GUIDANCE if settings.get("guidance_distilled_model") else None
+
+
 def start_contexts(start: torch.Tensor, batch: int) -> torch.Tensor:
     """``[batch, L, D]`` float32 start contexts: each image its own row of ``start``, or its one row."""
     if start.shape[0] not in (1, batch):
@@ -101,6 +132,34 @@ def start_contexts(start: torch.Tensor, batch: int) -> torch.Tensor:
             "prompt, or one per image."
         )
     return start.float().expand(batch, -1, -1).clone()
+
+
+def with_pooled_output(template, source_options: dict) -> list:
+    """``template`` (a one-entry CONDITIONING) carrying the source prompt's pooled output, if it has one.
+
+    Starting null-text from the source prompt starts from all of it: the token context and the pooled
+    vector that models with one (SDXL, SD3.5, Flux, the flow test-bed) read besides the tokens, which
+    null-text keeps fixed. At step 0 that is exactly negative-prompt inversion's unconditional branch.
+    """
+    pooled = source_options.get("pooled_output")
+    if pooled is None:
+        return template
+    conditioning = with_context(template, single_entry(template, "negative (empty) prompt")[0])
+    conditioning[0][1]["pooled_output"] = pooled
+    return conditioning
+
+
+POOLED_NONE = "none"
+POOLED_OPTIMISED = "optimised"
+POOLED_UNCHANGED = "unchanged"
+
+
+def pooled_outcome(pooled: Optional[torch.Tensor], result) -> str:
+    """What null-text did with the pooled vector: none in the prompt, optimised, or unchanged (a model that
+    reads none, or no Adam step)."""
+    if pooled is None:
+        return POOLED_NONE
+    return POOLED_UNCHANGED if result.step_pooled is None else POOLED_OPTIMISED
 
 
 def _report_text(method: str, report: dict, steps: int) -> str:
@@ -169,23 +228,29 @@ class NullTextInversion(io.ComfyNode):
     @classmethod
     def execute(cls, model, inversion: InversionRecord, guidance, inner_steps, learning_rate, learning_rate_decay,
                 early_stop, early_stop_growth, stop_check, start_from, negative=None) -> io.NodeOutput:
+        check_real_guidance(guidance_distillation(model), "Null-text")
         template = negative if negative is not None else inversion.negative
         empty_context, _ = single_entry(template, "negative (empty) prompt")
-        source_context, _ = single_entry(inversion.positive, "inversion's source prompt")
+        source_context, source_options = single_entry(inversion.positive, "inversion's source prompt")
         start = source_context if start_from == START_SOURCE else empty_context[:1]
+        if start_from == START_SOURCE:
+            template = with_pooled_output(template, source_options)
         if start.shape[-1] != empty_context.shape[-1]:
             raise InvEditInputError("The source and empty prompts come from different text encoders: use one CLIP.")
         batch = inversion.trajectory.noise.shape[0]
         initial = start_contexts(start, batch)
+        pooled = single_entry(template, "negative (empty) prompt")[1].get("pooled_output")
+        initial_pooled = None if pooled is None else start_contexts(pooled[:, None], batch)[:, 0]
         config = NullTextConfig(guidance=guidance, inner_steps=inner_steps, learning_rate=learning_rate,
                                 learning_rate_decay=learning_rate_decay, early_stop=early_stop,
                                 early_stop_growth=early_stop_growth, stop_check=stop_check)
         progress = NullTextProgress(inversion.steps, config)
-        result = run_null_text(model, inversion, template, initial, config, progress)
+        result = run_null_text(model, inversion, template, initial, config, progress, initial_pooled)
         progress.finish()
-        report = {**result.report(), "start_from": start_from}
+        report = {**result.report(), "start_from": start_from, "pooled_output": pooled_outcome(pooled, result)}
+        step_pooled = None if result.step_pooled is None else result.step_pooled.cpu()
         record = inversion.with_changes(
-            unconditioning=Unconditioning(METHOD_NULL_TEXT, template, result.step_contexts.cpu(), report),
+            unconditioning=Unconditioning(METHOD_NULL_TEXT, template, result.step_contexts.cpu(), report, step_pooled),
             settings={**inversion.settings, "null_text": {**asdict(config), "start_from": start_from}},
         )
         bounds = [config.step_threshold(i) for i in range(inversion.steps)]
@@ -220,6 +285,7 @@ class NegativePromptInversion(io.ComfyNode):
 
     @classmethod
     def execute(cls, inversion: InversionRecord, empty_prompt_weight, negative=None) -> io.NodeOutput:
+        check_real_guidance(recorded_distillation(inversion), "Negative-prompt")
         source_context, source_options = single_entry(inversion.positive, "inversion's source prompt")
         options = dict(source_options)
         context = source_context

@@ -33,11 +33,14 @@ NORM_SCALE_NOISE = 0.1
 _FLUX_COMMON = {
     "image_model": "flux", "in_channels": FLUX_LATENT_CHANNELS, "out_channels": FLUX_LATENT_CHANNELS,
     "patch_size": 2, "vec_in_dim": FLUX_POOLED_DIM, "context_in_dim": FLUX_CONTEXT_DIM, "mlp_ratio": 4.0,
-    "theta": 10000, "qkv_bias": True, "guidance_embed": True,
+    "theta": 10000, "qkv_bias": True, "guidance_embed": False,
 }
+"""Flux's layout without the guidance embedding: a Flux with real classifier-free guidance (as the flow test-bed,
+Chroma's blocks), since null-text refuses guidance-distilled models (they have no unconditional branch)."""
 FLUX_SHAPED = {**_FLUX_COMMON, "hidden_size": 3072, "num_heads": 24, "axes_dim": [16, 56, 56], "depth": 1,
                "depth_single_blocks": 1}
-"""Flux-dev's width and heads, 1 double + 1 single block (of 19 + 38): 546M parameters."""
+"""Flux-dev's width and heads, 1 double + 1 single block (of 19 + 38): about 536M parameters (Flux dev's 546M
+less its 10M-parameter guidance embedding)."""
 
 TINY_FLUX = {**_FLUX_COMMON, "hidden_size": 64, "num_heads": 2, "axes_dim": [8, 12, 12], "depth": 1,
              "depth_single_blocks": 1}

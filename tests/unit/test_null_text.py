@@ -298,3 +298,43 @@ def test_a_context_of_another_batch_size_is_refused(problem):
     with pytest.raises(ValueError, match="initial_context must be"):
         optimise_null_text(lambda x, s: denoiser(x, s, source), denoiser, levels, trajectory.latents[:-1].flip(0),
                            trajectory.noise, empty.expand(2, -1, -1))
+
+
+def test_pooled_layout_packs_and_unpacks_exactly_and_its_adam_is_the_two_tensors_adam():
+    """PooledLayout's claim: Adam over the packed [B, 1, L*D + P] tensor is Adam over the context and the
+    pooled vector as two tensors, bit for bit (Adam is element-wise). Control: a packing that drops the
+    pooled part's gradient leaves the pooled vector where it started."""
+    from invedit.inversion.null_text import PooledLayout
+
+    generator = torch.Generator().manual_seed(5)
+    context, pooled = torch.randn(2, TOKENS, WIDTH, generator=generator), torch.randn(2, 7, generator=generator)
+    layout = PooledLayout.of(context, pooled)
+    packed = layout.pack(context, pooled)
+    assert packed.shape == (2, 1, TOKENS * WIDTH + 7)
+    unpacked_context, unpacked_pooled = layout.unpack(packed)
+    assert torch.equal(unpacked_context, context) and torch.equal(unpacked_pooled, pooled)
+    steps = layout.unpack(torch.stack([packed, 2 * packed]))  # [N, B, 1, F] -> [N, B, L, D], [N, B, P]
+    assert steps[0].shape == (2, 2, TOKENS, WIDTH) and torch.equal(steps[1][1], 2 * pooled)
+
+    def loss(c: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return (c.sin().sum(dim=(1, 2)) * p.cos().sum(dim=1)).pow(2).sum()
+
+    flat = packed.clone().requires_grad_(True)
+    leaves = [context.clone().requires_grad_(True), pooled.clone().requires_grad_(True)]
+    flat_adam, leaves_adam = torch.optim.Adam([flat], lr=0.05), torch.optim.Adam(leaves, lr=0.05)
+    for _ in range(5):
+        flat_adam.zero_grad()
+        loss(*layout.unpack(flat)).backward()
+        flat_adam.step()
+        leaves_adam.zero_grad()
+        loss(*leaves).backward()
+        leaves_adam.step()
+    flat_context, flat_pooled = layout.unpack(flat.detach())
+    assert torch.equal(flat_context, leaves[0].detach()) and torch.equal(flat_pooled, leaves[1].detach())
+    assert not torch.equal(flat_pooled, pooled)
+    cut = packed.clone().requires_grad_(True)
+    cut_adam = torch.optim.Adam([cut], lr=0.05)
+    cut_context, cut_pooled = layout.unpack(cut)
+    loss(cut_context, cut_pooled.detach()).backward()
+    cut_adam.step()
+    assert torch.equal(layout.unpack(cut.detach())[1], pooled)

@@ -121,6 +121,21 @@ def test_file_round_trip_is_bit_for_bit(tmp_path, latent_dtype):
     assert type(loaded.positive[0][1]["width"]) is int and loaded.positive[0][1]["mask"] is None
 
 
+def test_per_step_pooled_vectors_round_trip_and_are_absent_from_files_without_them(tmp_path):
+    """Null-text with a pooled vector (SD3.5, Flux, SDXL) stores ``step_pooled [N, B, P]``; a record without
+    one writes no such entry (its file keeps the bytes it had before the field existed)."""
+    record = make_record()
+    pooled = torch.randn(STEPS, BATCH, 6, generator=torch.Generator().manual_seed(3))
+    with_pooled = record.with_changes(unconditioning=dataclasses.replace(record.unconditioning, step_pooled=pooled))
+    save_record(tmp_path / "pooled.safetensors", with_pooled)
+    loaded = load_record(tmp_path / "pooled.safetensors")
+    assert torch.equal(loaded.unconditioning.step_pooled, pooled)
+    assert_identical(loaded, with_pooled)
+    tensors, metadata = record_to_file_parts(record)
+    assert not any("step_pooled" in name for name in tensors) and "step_pooled" not in metadata[storage.METADATA_KEY]
+    assert any("step_pooled" in name for name in record_to_file_parts(with_pooled)[0])  # control
+
+
 def test_saving_is_deterministic_and_a_loaded_record_saves_to_the_same_bytes(tmp_path):
     record = make_record()
     save_record(tmp_path / "a.safetensors", record)
