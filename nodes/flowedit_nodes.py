@@ -147,7 +147,7 @@ class FlowEditGuiderNode(io.ComfyNode):
                 io.Conditioning.Input("target", tooltip="The prompt of the edited image."),
                 io.Combo.Input("preset", options=PRESET_NAMES, default=next(iter(PRESETS)),
                                tooltip="The paper's guidance: SD3 CFG 3.5 / 13.5; Flux distilled guidance 1.5 / 5.5 at "
-                                       "CFG 1 (written into both prompts); the flow test-bed's measured CFG 2 / 4. "
+                                       "CFG 1 (written into both prompts); the flow test-bed's measured CFG 2 / 2. "
                                        "custom: the two CFG widgets below (and the prompts' own guidance)."),
                 io.Float.Input("source_cfg", default=3.5, min=0.0, max=MAX_CFG, step=0.1, round=0.01,
                                tooltip="CFG of the source branch (used by the custom preset)."),
@@ -188,7 +188,7 @@ class FlowEditSamplerNode(io.ComfyNode):
             inputs=[
                 io.Combo.Input("preset", options=PRESET_NAMES, default=next(iter(PRESETS)),
                                tooltip="The paper's settings: SD3 50 steps, n_max 33; Flux 28 steps, n_max 24; the "
-                                       "test-bed's measured 28 / 24. custom: the widgets below."),
+                                       "test-bed's measured 28 steps, n_max 20. custom: the widgets below."),
                 io.Int.Input("n_max", default=33, min=1, max=MAX_STEPS,
                              tooltip="Steps that edit, counted from the end (custom preset). Larger: a stronger edit, "
                                      "less of the source kept."),
