@@ -26,6 +26,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .masks import keep_outside
 from .process import RECTIFIED_FLOW, DiffusionProcess
 from .steps import euler_step, ode_slope
 
@@ -123,16 +124,6 @@ def velocity_difference(denoise_pair: PairDenoise, z_edit: torch.Tensor, x_src: 
     sigma_batch = sigma.expand(x_src.shape[0])
     x0_src, x0_tar = denoise_pair(z_src, z_tar, sigma_batch)
     return ode_slope(z_tar, x0_tar, sigma) - ode_slope(z_src, x0_src, sigma)
-
-
-def keep_outside(mask: Optional[torch.Tensor], edited: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """``kept + mask * (edited - kept)``: the edit inside the (feathered) mask, ``kept`` outside.
-
-    ``mask`` broadcasts to the latent (``[B or 1, 1, H, W]``, 1 where the edit applies) or is None.
-    """
-    if mask is None:
-        return edited
-    return kept + mask.to(edited.dtype) * (edited - kept)
 
 
 def flowedit(denoise_pair: PairDenoise, denoise_target: TargetDenoise, sigmas: torch.Tensor, x_src: torch.Tensor,
