@@ -16,7 +16,6 @@ Writes ``ddpm_testbed.md`` to the output folder.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from comfy_headless import REPO_ROOT, boot_with_pack  # noqa: E402
+from comfy_headless import boot_with_pack  # noqa: E402
+from testbed_swaps import encoded_swaps, parse_args, write_table  # noqa: E402
 
 STEPS = 50
 SCHEDULER = "ddim_uniform"
@@ -43,29 +43,16 @@ def ddpm_edit(nodes, pack, model, target, negative, record, sigmas, latent, cfg:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__)
     nodes = boot_with_pack()
-    from invedit.testbed import classifier, edits
+    from invedit.testbed import edits
 
-    pack = {name: cls for name, cls in nodes.NODE_CLASS_MAPPINGS.items() if name.startswith("InvEdit")}
-    swaps = edits.heldout_swaps(args.count, args.seed)
-    predict = classifier.training_split_classifier().predict_canvases
     rows = []
     started = time.perf_counter()
     with torch.inference_mode():
-        model, text_encoder = pack["InvEditTestbedModelLoader"].execute(verify=True).result
-
-        def encode(prompts):
-            return pack["InvEditTestbedTextEncode"].execute(text_encoder=text_encoder, text="\n".join(prompts)).result[0]
-
-        source, target, negative = encode(swaps.source_prompts), encode(swaps.target_prompts), encode([""])
-        latent = {"samples": swaps.canvases.clone()}
+        bench = encoded_swaps(nodes, "InvEditTestbedModelLoader", args)
+        pack, model, swaps, predict = bench.pack, bench.model, bench.swaps, bench.predict
+        source, target, negative, latent = bench.source, bench.target, bench.negative, bench.latent
         for source_cfg in SOURCE_CFGS:
             record, sigmas = pack["InvEditDDPMNoiseInversion"].execute(
                 model=model, positive=source, negative=negative, latent=latent, steps=STEPS, scheduler=SCHEDULER,
@@ -87,15 +74,7 @@ def main() -> None:
               "swapped half, no feather. P2P on the same swaps (results/p2p_testbed.md): plain regeneration 0.169, "
               "P2P 0.182, P2P + LocalBlend 0.083, all swapping 100 %; null-text inversion + P2P costs 50 DDIM + "
               "null-text (500 gradient steps) + 50 sampling calls.\n")
-    table = ["| setting | swapped digit reads new | other digit keeps class | other digit error | model calls |",
-             "|---|---|---|---|---|"]
-    for name, score, calls in rows:
-        table.append(f"| {name} | {score.swapped_reads_new:.2f} | {score.other_keeps_class:.2f} | "
-                     f"{score.other_error:.3f} | {calls} |")
-    text = header + "\n" + "\n".join(table) + "\n"
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ddpm_testbed.md").write_text(text)
+    write_table(args, "ddpm_testbed.md", header, rows)
 
 
 if __name__ == "__main__":

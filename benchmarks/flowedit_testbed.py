@@ -20,7 +20,6 @@ Writes ``flowedit_testbed.md`` to the output folder.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from comfy_headless import REPO_ROOT, boot_with_pack, inversion_options  # noqa: E402
+from comfy_headless import boot_with_pack, inversion_options  # noqa: E402
+from testbed_swaps import encoded_swaps, parse_args, write_table  # noqa: E402
 
 STEPS = 28
 SCHEDULER = "simple"
@@ -59,30 +59,17 @@ def plain_regeneration(pack, model, source, target, negative, latent, cfg: float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__)
     nodes = boot_with_pack()
     from invedit.inversion.flowedit import FlowEditSettings, model_calls
-    from invedit.testbed import classifier, edits
+    from invedit.testbed import edits
 
-    pack = {name: cls for name, cls in nodes.NODE_CLASS_MAPPINGS.items() if name.startswith("InvEdit")}
-    swaps = edits.heldout_swaps(args.count, args.seed)
-    predict = classifier.training_split_classifier().predict_canvases
     rows = []
     started = time.perf_counter()
     with torch.inference_mode():
-        model, text_encoder = pack["InvEditTestbedFlowModelLoader"].execute(verify=True).result
-
-        def encode(prompts):
-            return pack["InvEditTestbedTextEncode"].execute(text_encoder=text_encoder, text="\n".join(prompts)).result[0]
-
-        source, target, negative = encode(swaps.source_prompts), encode(swaps.target_prompts), encode([""])
-        latent = {"samples": swaps.canvases.clone()}
+        bench = encoded_swaps(nodes, "InvEditTestbedFlowModelLoader", args)
+        pack, model, swaps, predict = bench.pack, bench.model, bench.swaps, bench.predict
+        source, target, negative, latent = bench.source, bench.target, bench.negative, bench.latent
         sigmas = nodes.NODE_CLASS_MAPPINGS["BasicScheduler"]().get_sigmas(model, SCHEDULER, STEPS, 1.0)[0]
         for cfg in PLAIN_CFGS:
             edited = plain_regeneration(pack, model, source, target, negative, latent, cfg)
@@ -105,15 +92,7 @@ def main() -> None:
               "mean |error| against the image on the [-1, 1] canvas; rates: the test-bed classifier. Model calls: "
               "guided denoiser calls per edit (each runs 2 network rows when CFG is not 1); plain regeneration: "
               f"{STEPS} inversion + {STEPS} sampling calls. Mask: the swapped half, no feather.\n")
-    table = ["| setting | swapped digit reads new | other digit keeps class | other digit error | model calls |",
-             "|---|---|---|---|---|"]
-    for name, score, calls in rows:
-        table.append(f"| {name} | {score.swapped_reads_new:.2f} | {score.other_keeps_class:.2f} | "
-                     f"{score.other_error:.3f} | {calls} |")
-    text = header + "\n" + "\n".join(table) + "\n"
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "flowedit_testbed.md").write_text(text)
+    write_table(args, "flowedit_testbed.md", header, rows)
 
 
 if __name__ == "__main__":

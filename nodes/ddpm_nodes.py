@@ -20,7 +20,7 @@ from ..inversion import InversionConfig, InversionTrajectory
 from ..inversion.ddpm_noise import check_ddpm_process, extract_noises, independent_states, sample_with_noises
 from ..inversion.record import InversionRecord, tensor_sha256
 from .checks import check_inversion_model, check_latent
-from .edit_masks import feathered_latent_mask
+from .edit_masks import feathered_latent_mask, mask_inputs
 from .errors import InvEditInputError
 from .fingerprint import model_fingerprint
 from .model_info import diffusion_process, prediction_type
@@ -34,7 +34,6 @@ MAX_STEPS = 1000
 DEFAULT_SOURCE_CFG = 3.5
 """The official code's source guidance (``cfg_src``): the inversion's prompt CFG."""
 SEED_MAX = 2**63 - 1
-MAX_FEATHER = 64
 
 
 def check_ddpm_model(model) -> None:
@@ -193,10 +192,7 @@ class DDPMEditSampler(io.ComfyNode):
                 io.Int.Input("skip", default=0, min=0, max=MAX_STEPS,
                              tooltip="Steps not taken: sampling starts from the recorded state at this step. Larger "
                                      "keeps more of the source layout."),
-                io.Mask.Input("mask", optional=True,
-                              tooltip="Where to edit (white); outside it every step lands on the recorded source state."),
-                io.Int.Input("mask_feather", default=1, min=0, max=MAX_FEATHER, optional=True,
-                             tooltip="Softens the mask edge over this many latent pixels."),
+                *mask_inputs("every step lands on the recorded source state"),
             ],
             outputs=[io.Sampler.Output()],
         )

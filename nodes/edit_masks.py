@@ -12,8 +12,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from comfy_api.latest import io
+
 from .errors import InvEditInputError
 
+MAX_FEATHER = 64
 MASK_DIMS = (2, 3)
 """A ComfyUI MASK is ``[H, W]`` or ``[B, H, W]``."""
 
@@ -39,3 +42,12 @@ def feathered_latent_mask(mask: Optional[torch.Tensor], latent_shape: torch.Size
         size = 2 * feather + 1
         small = F.avg_pool2d(F.pad(small, (feather,) * 4, mode="replicate"), size, stride=1)
     return small.clamp(0.0, 1.0)
+
+
+def mask_inputs(outside: str) -> list:
+    """The optional ``mask`` and ``mask_feather`` inputs of an edit node; ``outside`` says what is kept there."""
+    return [
+        io.Mask.Input("mask", optional=True, tooltip=f"Where to edit (white); outside it {outside}."),
+        io.Int.Input("mask_feather", default=1, min=0, max=MAX_FEATHER, optional=True,
+                     tooltip="Softens the mask edge over this many latent pixels."),
+    ]

@@ -26,7 +26,7 @@ from comfy_api.latest import io
 from ..inversion.flowedit import (PRESET_CUSTOM, PRESETS, FlowEditPreset, FlowEditSettings, check_flow_process,
                                   flowedit)
 from .checks import check_conditioning, check_latent_shape, image_latent_samples
-from .edit_masks import feathered_latent_mask
+from .edit_masks import feathered_latent_mask, mask_inputs
 from .errors import InvEditInputError
 from .model_info import is_flow_model
 from .sampling import PackSampler, SamplerRun
@@ -36,7 +36,6 @@ PRESET_NAMES = [*PRESETS, PRESET_CUSTOM]
 SOURCE_CONDS = ("source_positive", "source_negative")
 MAX_STEPS = 10000
 MAX_AVERAGES = 64
-MAX_FEATHER = 64
 SEED_MAX = 2**63 - 1
 
 
@@ -199,10 +198,7 @@ class FlowEditSamplerNode(io.ComfyNode):
                              tooltip="Noise draws averaged per step (custom preset): each costs two model calls."),
                 io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
                              tooltip="Seed of FlowEdit's own noise draws (one per step and draw)."),
-                io.Mask.Input("mask", optional=True,
-                              tooltip="Where to edit (white); outside it the source latent is kept."),
-                io.Int.Input("mask_feather", default=1, min=0, max=MAX_FEATHER, optional=True,
-                             tooltip="Softens the mask edge over this many latent pixels."),
+                *mask_inputs("the source latent is kept"),
             ],
             outputs=[io.Sampler.Output()],
         )

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from invedit.testbed import classifier, edits
+from test_flow_testbed import encode as encode_prompts
 from test_ddpm_inversion import edit
 
 CANVASES = 8
@@ -34,8 +35,7 @@ def recorded(pack_nodes):
         model, text_encoder = pack_nodes["InvEditTestbedModelLoader"].execute(verify=True).result
 
         def encode(prompts):
-            return pack_nodes["InvEditTestbedTextEncode"].execute(text_encoder=text_encoder,
-                                                                  text="\n".join(prompts)).result[0]
+            return encode_prompts(pack_nodes, text_encoder, prompts)
 
         swaps = edits.heldout_swaps(CANVASES, CANVAS_SEED)
         negative = encode([""])

@@ -13,7 +13,6 @@ shifted schedule (``simple`` instead of ``normal`` for SD3), each of which must 
 from __future__ import annotations
 
 import nodes
-import pytest
 import torch
 import tiny_flow_models as tfm
 from test_bad_inputs import refused

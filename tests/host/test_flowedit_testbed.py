@@ -18,6 +18,7 @@ import torch
 from invedit.inversion.flowedit import PRESET_DIGITS, PRESETS, FlowEditSettings, model_calls
 from invedit.nodes.options import option_defaults
 from invedit.testbed import classifier, edits
+from test_flow_testbed import encode as encode_prompts
 
 CANVASES = 8
 CANVAS_SEED = 23
@@ -34,8 +35,7 @@ def setup(pack_nodes):
         model, text_encoder = pack_nodes["InvEditTestbedFlowModelLoader"].execute(verify=True).result
 
         def encode(prompts):
-            return pack_nodes["InvEditTestbedTextEncode"].execute(text_encoder=text_encoder,
-                                                                  text="\n".join(prompts)).result[0]
+            return encode_prompts(pack_nodes, text_encoder, prompts)
 
         swaps = edits.heldout_swaps(CANVASES, CANVAS_SEED)
         prompts = encode(swaps.source_prompts), encode(swaps.target_prompts), encode([""])
