@@ -139,18 +139,20 @@ def plot(rows: dict, path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def run_heldout_benchmark(description: str, name: str, default_count: int, count_help: str, measure_rows,
-                          render) -> tuple[dict, Path]:
-    """The command line of a held-out-digits benchmark: boot, measure, print, write ``name``.md / .json.
-
-    ``measure_rows(nodes_map, metrics, count, seed) -> rows`` and ``render(rows, count) -> markdown``.
-    Returns the rows and the output folder.
-    """
+def heldout_arguments(description: str, default_count: int, count_help: str) -> argparse.ArgumentParser:
+    """The command line every held-out-digits benchmark shares: ``--count``, ``--seed``, ``--out``."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--count", type=int, default=default_count, help=count_help)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
+    return parser
+
+
+def run_heldout(args: argparse.Namespace, name: str, measure_rows, render) -> tuple[dict, Path]:
+    """Boot, measure, print, write ``name``.md / .json under ``args.out``; returns the rows and the folder.
+
+    ``measure_rows(nodes_map, metrics, count, seed) -> rows`` and ``render(rows, count) -> markdown``.
+    """
     nodes = boot_with_pack("invedit-bench-")
     from invedit.inversion import metrics
     with torch.inference_mode():
@@ -161,6 +163,17 @@ def run_heldout_benchmark(description: str, name: str, default_count: int, count
     (args.out / f"{name}.md").write_text(table + "\n")
     (args.out / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
     return rows, args.out
+
+
+def run_heldout_benchmark(description: str, name: str, default_count: int, count_help: str, measure_rows,
+                          render) -> tuple[dict, Path]:
+    """The command line of a held-out-digits benchmark: boot, measure, print, write ``name``.md / .json.
+
+    ``measure_rows(nodes_map, metrics, count, seed) -> rows`` and ``render(rows, count) -> markdown``.
+    Returns the rows and the output folder.
+    """
+    args = heldout_arguments(description, default_count, count_help).parse_args()
+    return run_heldout(args, name, measure_rows, render)
 
 
 def main() -> None:

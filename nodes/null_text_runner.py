@@ -47,9 +47,11 @@ def null_text_loop(run: SamplerRun, *, record: InversionRecord, initial_context:
     previous_wrapper = options.get("model_function_wrapper")
 
     def cond(x_in, sigma):
+        comfy.model_management.throw_exception_if_processing_interrupted()
         return comfy.samplers.calc_cond_batch(base_model, [positive], x_in, sigma, options)[0]
 
     def uncond(x_in, sigma, context):
+        comfy.model_management.throw_exception_if_processing_interrupted()  # Cancel stops before the next forward
         wrapped = dict(options)
         wrapped["model_function_wrapper"] = uncond_context_wrapper(lambda _: context, previous_wrapper)
         return comfy.samplers.calc_cond_batch(base_model, [None, negative], x_in, sigma, wrapped)[1]

@@ -50,6 +50,7 @@ SD15_CHECKPOINT_URL = (
     "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/v1-5-pruned-emaonly.safetensors"
 )
 EXAMPLE_IMAGE = "example.png"  # ComfyUI ships it in input/
+EXAMPLE_IMAGE_SIZE = 768  # its width and height
 EXAMPLE_IMAGE_PROMPT = "a child's drawing of a girl with yellow hair in a pink dress on a green hill under a blue sky"
 PHOTO_PREFIX = "SD1.5 - "
 
@@ -173,6 +174,19 @@ class Shown:
 
 
 @dataclass(frozen=True)
+class InversionStyle:
+    """How a workflow's DDIM Inversion node is set: the method's name in titles (``DDIM``, ``FireFlow``, ...), its
+    widgets besides the shared ones, and the step count."""
+
+    name: str
+    widgets: dict
+    steps: int = STEPS
+
+
+DDIM_STYLE = InversionStyle("DDIM", {"scheduler": SCHEDULER})
+
+
+@dataclass(frozen=True)
 class Source:
     """The shared start of an inversion workflow (links into ``workflow.graph``)."""
 
@@ -188,6 +202,7 @@ class Source:
     nodes: tuple[tuple[NodeRef, ...], ...]  # the columns of the Source group
     view_scale: int = 1  # nearest-neighbour enlargement of the images shown in previews
     preview_size: tuple[float, float] = PHOTO_PREVIEW_SIZE
+    style: InversionStyle = DDIM_STYLE
 
     def group(self, under_prompts: Sequence[NodeRef] = ()) -> Group:
         """The Source group; ``under_prompts``: nodes placed at the bottom of its last column."""
@@ -218,9 +233,9 @@ class Source:
 
 
 def testbed_source(workflow: ExampleWorkflow, count: int = TESTBED_DIGIT_COUNT, seed: int = 0,
-                   loader_type: str = "InvEditTestbedModelLoader") -> Source:
-    """The shipped test-bed model (the UNet, or the flow model with ``InvEditTestbedFlowModelLoader``) and
-    held-out digits, each with its own prompt."""
+                   loader_type: str = "InvEditTestbedModelLoader", style: InversionStyle = DDIM_STYLE) -> Source:
+    """A shipped test-bed model (``loader_type``: the digits UNet's or the flow model's loader) and held-out
+    digits, each with its own prompt."""
     g = workflow.graph
     loader = g.node(loader_type, verify=True)
     digits = workflow.title_node(g.node("InvEditTestbedHeldOutDigits", count=count, seed=seed),
@@ -234,7 +249,7 @@ def testbed_source(workflow: ExampleWorkflow, count: int = TESTBED_DIGIT_COUNT, 
     return Source(workflow, loader.out(0), digits.out(0), latent.out(0), positive, negative,
                   lambda samples: g.node("InvEditTestbedLatentToImage", latent=samples, scale=1),
                   loader.out(1), digits.out(1), ((loader, digits), (positive, negative, latent)),
-                  view_scale=TESTBED_VIEW_SCALE, preview_size=TESTBED_PREVIEW_SIZE)
+                  view_scale=TESTBED_VIEW_SCALE, preview_size=TESTBED_PREVIEW_SIZE, style=style)
 
 
 def checkpoint_source(workflow: ExampleWorkflow, prompt: str | NodeRef, checkpoint: str = SD15_CHECKPOINT,
@@ -292,12 +307,14 @@ def score(source: Source, reference: NodeRef | list, result: NodeRef | list, sho
     return [error, show_text(workflow, error.out(0), f"PSNR {what or short}")]
 
 
-def ddim_inversion(source: Source, steps: int = STEPS) -> NodeRef:
-    """DDIM-invert the source latent at guidance 1 (the reference timestep rule)."""
+def ddim_inversion(source: Source, steps: int | None = None) -> NodeRef:
+    """Invert the source latent at guidance 1 the way ``source.style`` says (DDIM: the reference timestep rule)."""
     g = source.workflow.graph
+    style = source.style
     inversion = g.node("InvEditDDIMInversion", model=source.model, positive=source.positive, negative=source.negative,
-                       latent=source.latent, steps=steps, inversion_cfg=1.0, scheduler=SCHEDULER, clean_level="zero")
-    return source.workflow.title_node(inversion, "DDIM Inversion (cfg 1)")
+                       latent=source.latent, steps=steps or style.steps, inversion_cfg=1.0, clean_level="zero",
+                       **style.widgets)
+    return source.workflow.title_node(inversion, f"{style.name} Inversion (cfg 1)")
 
 
 def reconstruct(source: Source, inversion_link: list, cfg: float, title: str) -> NodeRef:
@@ -391,7 +408,7 @@ GAP_NOTES = {
 }
 
 
-def method_inversion(source: Source, method: str, steps: int = STEPS) -> tuple[NodeRef, NodeRef]:
+def method_inversion(source: Source, method: str, steps: int | None = None) -> tuple[NodeRef, NodeRef]:
     """DDIM inversion at guidance 1, then the gap-closing node: returns (DDIM inversion, method node)."""
     g = source.workflow.graph
     inversion = ddim_inversion(source, steps)
@@ -426,16 +443,22 @@ class GapParts:
     compare_columns: list[list[NodeRef]]  # the source, then each reconstruction with its score
 
 
+def plain_method(source: Source) -> str:
+    """The plain inversion the gap-closing methods are compared with: "plain DDIM", "plain Euler"."""
+    return f"plain {source.style.name}"
+
+
 def gap_parts(workflow: ExampleWorkflow, method: str, source: Source, reference: NodeRef | list,
-              reference_shown: Shown) -> GapParts:
-    """Invert at guidance 1, close the gap with ``method``, reconstruct at 7.5 beside plain DDIM."""
+              reference_shown: Shown, guidance: float = EDIT_GUIDANCE) -> GapParts:
+    """Invert at guidance 1, close the gap with ``method``, reconstruct at ``guidance`` beside the plain inversion."""
     inversion, closed = method_inversion(source, method)
     _, _, label, short = GAP_METHODS[method]
+    plain = plain_method(source)
     reconstruct_column, compare_columns = [], [[reference_shown.display]]
-    for inversion_link, what, brief in ((inversion.out(1), "plain DDIM", "plain DDIM"), (closed.out(0), label, short)):
-        rebuilt = reconstruct(source, inversion_link, EDIT_GUIDANCE, f"Reconstruct {what}")
+    for inversion_link, what, brief in ((inversion.out(1), plain, plain), (closed.out(0), label, short)):
+        rebuilt = reconstruct(source, inversion_link, guidance, f"Reconstruct {what}")
         decoded = source.decode(rebuilt, f"Decode {brief}")
-        shown = source.show(decoded, f"{_capitalised(what)} @ cfg {EDIT_GUIDANCE:g}", brief)
+        shown = source.show(decoded, f"{_capitalised(what)} @ cfg {guidance:g}", brief)
         reconstruct_column += [rebuilt, decoded, *shown.plumbing]
         compare_columns.append([shown.display, *score(source, reference, decoded, brief, what)])
     workflow.thumbnail = [(column[0], column[-1] if len(column) > 1 else None) for column in compare_columns]
@@ -446,21 +469,21 @@ def _capitalised(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def gap_notes(method: str, intro: str) -> str:
+def gap_notes(method: str, intro: str, guidance: float = EDIT_GUIDANCE, plain: str = "plain DDIM") -> str:
     label = GAP_METHODS[method][2]
     return (intro + "\n\n" + GAP_NOTES[method] + "\n\n"
-            f"**{COMPARE_CAPTION}**: the source, **Plain DDIM @ cfg {EDIT_GUIDANCE:g}** (the guidance gap the "
-            f"method closes) and **{_capitalised(label)} @ cfg {EDIT_GUIDANCE:g}**, each with its PSNR against "
+            f"**{COMPARE_CAPTION}**: the source, **{_capitalised(plain)} @ cfg {guidance:g}** (the guidance gap the "
+            f"method closes) and **{_capitalised(label)} @ cfg {guidance:g}**, each with its PSNR against "
             "the source.")
 
 
 def gap_workflow(method: str, workflow: ExampleWorkflow, source: Source, reference: NodeRef | list,
-                 reference_shown: Shown, intro: str) -> ExampleWorkflow:
-    """The guidance-gap workflow of ``method``: invert, close the gap, reconstruct and compare."""
-    parts = gap_parts(workflow, method, source, reference, reference_shown)
-    workflow.notes = gap_notes(method, intro)
+                 reference_shown: Shown, intro: str, guidance: float = EDIT_GUIDANCE) -> ExampleWorkflow:
+    """The guidance-gap workflow of ``method``: invert, close the gap, reconstruct at ``guidance`` and compare."""
+    parts = gap_parts(workflow, method, source, reference, reference_shown, guidance)
+    workflow.notes = gap_notes(method, intro, guidance, plain_method(source))
     invert = workflow.group(f"Invert (cfg 1), then {GAP_METHODS[method][2]}", parts.inversion, parts.closed)
-    reconstruct_group = workflow.group(f"Reconstruct at cfg {EDIT_GUIDANCE:g}", parts.reconstruct_column)
+    reconstruct_group = workflow.group(f"Reconstruct at cfg {guidance:g}", parts.reconstruct_column)
     compare = workflow.group(COMPARE_CAPTION, *parts.compare_columns)
     workflow.row(source.group(reference_shown.plumbing), invert)
     if method == "null_text":
@@ -812,6 +835,295 @@ def testbed_p2p_reweight() -> ExampleWorkflow:
 
 
 # ---------------------------------------------------------------------------------------------
+# Rectified-flow models: the flow test-bed (a tiny Flux that ships with the pack), Flux dev and SD3.5 photos
+
+FLOW_TESTBED_LOADER = "InvEditTestbedFlowModelLoader"
+FLOW_TESTBED_PREFIX = NO_DOWNLOAD_PREFIX + "flow, "  # tells the flow test-bed's cards from the digits UNet's
+FLOW_AUTO_SCHEDULER = "auto"  # the scheduler whose sigmas are the model family's reference ones
+FIREFLOW_STEPS = 25  # FireFlow at 25 steps (26 calls): 60.7 dB, Euler at 100 steps 50.4 (benchmarks/solvers.py)
+FLOW_PHOTO_STEPS = 28  # Flux's and SD3.5's usual sampling steps (FluxPipeline, StableDiffusion3Pipeline)
+FIREFLOW_STYLE = InversionStyle("FireFlow", {"scheduler": FLOW_AUTO_SCHEDULER, "solver": "fireflow"}, FIREFLOW_STEPS)
+FLOW_PHOTO_STYLE = InversionStyle("FireFlow", {"scheduler": FLOW_AUTO_SCHEDULER, "solver": "fireflow"},
+                                  FLOW_PHOTO_STEPS)
+EULER_FLOW_STYLE = InversionStyle("Euler", {"scheduler": FLOW_AUTO_SCHEDULER}, STEPS)
+FLOW_TESTBED_GAP_GUIDANCE = 4.0  # the flow test-bed's guidance gap: Euler at cfg 1 rebuilt at 4 gives about 17 dB
+FLOW_EDIT_SEED = 0  # the held-out canvas "a photo of eight and five"
+FLOW_TESTBED_SOURCE_PROMPT = "a photo of eight and five"  # what Held-out Digits gives at that seed (tested)
+FLOW_TESTBED_EDIT_PROMPT = "a photo of three and five"
+FLOW_EDIT_GUIDANCE = 1.0  # the edit at the inversion's own guidance keeps the unedited digit (README, flow models)
+FLUX_EDIT_GUIDANCE = 2.0  # FluxGuidance of the edited prompt: FireFlow's and RF-Solver's editing guidance
+FLUX_INVERSION_GUIDANCE = 1.0  # FluxGuidance / distilled_guidance while inverting (RF-Solver, FireFlow, Stable Flow)
+FLUX_BASE_SHIFT, FLUX_MAX_SHIFT = 0.5, 1.15  # the ModelSamplingFlux node's defaults (FluxPipeline's)
+FLUX_CHECKPOINT = "flux1-dev.safetensors"
+SD35_CHECKPOINT = "sd3.5_medium.safetensors"
+FLOW_MODEL_FILES = {  # file name: (url, models/ folder), as ComfyUI's own Flux and SD3.5 templates list them
+    FLUX_CHECKPOINT: ("https://huggingface.co/Comfy-Org/flux1-dev/resolve/main/flux1-dev.safetensors",
+                      "diffusion_models"),
+    "ae.safetensors": ("https://huggingface.co/Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/split_files/vae/"
+                       "ae.safetensors", "vae"),
+    "clip_l.safetensors": ("https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors",
+                           "text_encoders"),
+    "t5xxl_fp16.safetensors": ("https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/"
+                               "t5xxl_fp16.safetensors", "text_encoders"),
+    "clip_g.safetensors": ("https://huggingface.co/Comfy-Org/stable-diffusion-3.5-fp8/resolve/main/text_encoders/"
+                           "clip_g.safetensors", "text_encoders"),
+    SD35_CHECKPOINT: ("https://huggingface.co/stabilityai/stable-diffusion-3.5-medium/resolve/main/"
+                      "sd3.5_medium.safetensors", "checkpoints"),
+}
+FLOW_TESTBED_INTRO = (
+    "Runs on InvEdit's shipped flow test-bed (no download): a tiny Flux transformer (ComfyUI's own Flux class, "
+    "rectified flow, real CFG) trained on the same handwritten digits as the digits UNet, prompts like *a photo of "
+    "three and seven*. **Held-out digits (source)** gives real digits it never saw, with their prompts.")
+
+
+def with_model_files(workflow: ExampleWorkflow, loader: NodeRef, *file_names: str) -> NodeRef:
+    """List the files ``loader`` needs with their download links (the frontend offers them when missing)."""
+    workflow.node_properties[loader.node_id] = {
+        "models": [{"name": name, "url": FLOW_MODEL_FILES[name][0], "directory": FLOW_MODEL_FILES[name][1]}
+                   for name in file_names]}
+    return loader
+
+
+def flow_testbed_source(workflow: ExampleWorkflow, style: InversionStyle, count: int = TESTBED_DIGIT_COUNT,
+                        seed: int = 0) -> Source:
+    """The shipped flow test-bed and held-out digits, inverted the way ``style`` says."""
+    return testbed_source(workflow, count, seed, loader_type=FLOW_TESTBED_LOADER, style=style)
+
+
+@example("testbed_flow_reconstruction")
+def testbed_flow_reconstruction() -> ExampleWorkflow:
+    workflow = ExampleWorkflow(
+        Graph(), FLOW_TESTBED_PREFIX + "invert and reconstruct",
+        "Real digits inverted by a flow model with FireFlow and regenerated", "FireFlow inversion on the flow test-bed",
+        "")
+    source = flow_testbed_source(workflow, FIREFLOW_STYLE)
+    reference, reference_shown = testbed_reference(source)
+    workflow.notes = (
+        FLOW_TESTBED_INTRO + f" **FireFlow Inversion (cfg 1)** runs the flow backwards to the noise at sigma 1 with "
+        f"the FireFlow solver ({FIREFLOW_STEPS} steps, {FIREFLOW_STEPS + 1} model calls); **Reconstruct (cfg 1)** "
+        f"replays it with FireFlow's own sampler. **{COMPARE_CAPTION}** shows the image beside its reconstruction "
+        "with its PSNR (PSNR reconstruction): expect about 60 dB (the plain Euler inversion: 39 dB at 25 steps, "
+        "45 dB at 50, 50 dB at 100).\n\n"
+        "Set the inversion's `solver` to euler for the plain rectified-flow inversion (one call a step, replayed by "
+        "stock euler), or fixed-point; raise Reconstruct's cfg to see the guidance gap.")
+    return ddim_workflow(workflow, source, reference, reference_shown, None)
+
+
+@example("testbed_flow_direct_inversion")
+def testbed_flow_direct_inversion() -> ExampleWorkflow:
+    guidance = FLOW_TESTBED_GAP_GUIDANCE
+    workflow = ExampleWorkflow(Graph(), FLOW_TESTBED_PREFIX + "direct inversion",
+                               f"Direct inversion on a flow model: the exact source at cfg {guidance:g}",
+                               "Direct inversion on the flow test-bed", "")
+    source = flow_testbed_source(workflow, EULER_FLOW_STYLE)
+    workflow = gap_workflow("direct_inversion", workflow, source, *testbed_reference(source),
+                            FLOW_TESTBED_INTRO, guidance)
+    workflow.notes = (
+        FLOW_TESTBED_INTRO + f" **Euler Inversion (cfg 1)** inverts them ({STEPS} steps); both are reconstructed "
+        f"at cfg {guidance:g}.\n\n**Direct Inversion** puts the source back on the recorded inversion after every "
+        "step, so the reconstruction is exact at any cfg (free), on flow models as on UNets.\n\n"
+        f"**{COMPARE_CAPTION}**: the source, **Plain Euler @ cfg {guidance:g}** (the guidance gap) and "
+        f"**Direct @ cfg {guidance:g}**, each with its PSNR against the source.")
+    return workflow
+
+
+def guided_sampling(source: Source, guider: NodeRef, inversion: NodeRef, title: str) -> list[NodeRef]:
+    """SamplerCustomAdvanced from a flow inversion with ``guider``: no noise added, the inversion's noise as the
+    latent, its sigmas, and InvEdit Replay Sampler with the inversion's solver (it applies no noise scaling, so it
+    starts at sigma 1 from the noise as it is); the plumbing (collapsed), then the sampler node."""
+    workflow, g = source.workflow, source.workflow.graph
+    solver = source.style.widgets.get("solver", "euler")
+    no_noise = workflow.collapse(workflow.title_node(g.node("DisableNoise"), "No noise"))
+    sampler = workflow.collapse(workflow.title_node(g.node("InvEditReplaySampler", solver=solver),
+                                                    f"Sampler {solver}"))
+    sampled = workflow.title_node(g.node("SamplerCustomAdvanced", noise=no_noise, guider=guider, sampler=sampler,
+                                         sigmas=inversion.out(2), latent_image=inversion.out(0)), title)
+    return [no_noise, sampler, sampled]
+
+
+@dataclass
+class FlowEditParts:
+    """An inversion reconstructed and edited through InvEdit Inversion Guider, ready to lay out."""
+
+    inversion: NodeRef
+    replay_column: list[NodeRef]  # Reconstruct, its decoder and plumbing
+    edit_columns: list[list[NodeRef]]  # the edited prompt and guider, then the sampling
+    compare_columns: list[list[NodeRef]]  # source, reconstruction with its score, edit
+
+
+def flow_edit_parts(source: Source, reference: NodeRef | list, reference_shown: Shown, edited_prompt: NodeRef,
+                    edit_guidance: float, edit_title: str, save_prefix: str | None) -> FlowEditParts:
+    """Invert at guidance 1 (``source.style``), reconstruct at 1 (scored), edit with ``edited_prompt`` through the
+    Inversion Guider at ``edit_guidance`` in SamplerCustomAdvanced."""
+    workflow, g = source.workflow, source.workflow.graph
+    inversion = ddim_inversion(source)
+    rebuilt = reconstruct(source, inversion.out(1), 1.0, "Reconstruct (cfg 1)")
+    decoded = source.decode(rebuilt, "Decode replay")
+    shown = source.show(decoded, "Reconstruction @ cfg 1", "replay")
+    scored = score(source, reference, decoded, "replay", "reconstruction")
+    guider = workflow.title_node(g.node("InvEditInversionGuider", model=source.model, positive=edited_prompt,
+                                        inversion=inversion.out(1), cfg=edit_guidance), "Inversion Guider")
+    sampling = guided_sampling(source, guider, inversion, "Sample the edit")
+    edit_decoded = source.decode(sampling[-1].out(0), "Decode edit")
+    edit_shown = source.show(edit_decoded, edit_title, "edit", save_prefix)
+    workflow.thumbnail = [(reference_shown.display, None), (shown.display, scored[-1]), (edit_shown.display, None)]
+    return FlowEditParts(inversion, [rebuilt, decoded, *shown.plumbing],
+                         [[edited_prompt, guider], [*sampling, edit_decoded, *edit_shown.plumbing]],
+                         [[reference_shown.display], [shown.display, *scored], [edit_shown.display]])
+
+
+@example("testbed_flow_edit")
+def testbed_flow_edit() -> ExampleWorkflow:
+    workflow = ExampleWorkflow(Graph(), FLOW_TESTBED_PREFIX + "prompt edit",
+                               "A flow model edits real digits by prompt: eight -> three, the five kept",
+                               "Prompt edit on the flow test-bed", "")
+    source = flow_testbed_source(workflow, FIREFLOW_STYLE, count=1, seed=FLOW_EDIT_SEED)
+    reference, reference_shown = testbed_reference(source)
+    edited_prompt = workflow.size(workflow.title_node(
+        workflow.graph.node("InvEditTestbedTextEncode", text_encoder=source.text_encoder, text=FLOW_TESTBED_EDIT_PROMPT),
+        "Edited prompt"), TEXT_ENCODE_SIZE)
+    parts = flow_edit_parts(source, reference, reference_shown, edited_prompt, FLOW_EDIT_GUIDANCE, "Edit: 8 -> 3",
+                            None)
+    workflow.notes = (
+        FLOW_TESTBED_INTRO + f" Here the held-out canvas *{FLOW_TESTBED_SOURCE_PROMPT}* (seed {FLOW_EDIT_SEED}) is "
+        f"inverted with FireFlow at guidance 1 (**FireFlow Inversion (cfg 1)**, {FIREFLOW_STEPS} steps) and "
+        "reconstructed (**Reconstruct (cfg 1)**).\n\n**Sample the edit** samples the same noise again with **Edited "
+        f"prompt** (*{FLOW_TESTBED_EDIT_PROMPT}*) through **Inversion Guider** in SamplerCustomAdvanced (no noise, the "
+        "inversion's noise and sigmas, InvEdit Replay Sampler with the FireFlow solver): the eight becomes a "
+        f"three and the five stays the source's. At cfg {FLOW_EDIT_GUIDANCE:g}, the inversion's own guidance; a "
+        "higher cfg pushes harder and moves the rest of the image too (the guidance gap).\n\n"
+        f"**{COMPARE_CAPTION}**: the source, the reconstruction with its PSNR, the edit.")
+    workflow.row(source.group(reference_shown.plumbing),
+                 workflow.group("Invert (FireFlow, cfg 1)", parts.inversion),
+                 workflow.group("Replay", parts.replay_column))
+    workflow.row(workflow.group("Edit through the Inversion Guider", *parts.edit_columns),
+                 workflow.group(COMPARE_CAPTION, *parts.compare_columns))
+    return workflow
+
+
+@dataclass(frozen=True)
+class FlowPhotoModel:
+    """A flow model's photo workflow: its card prefix, its name in titles, and how the edit is guided."""
+
+    prefix: str
+    name: str
+    edit_guidance: float  # cfg of the Inversion Guider
+    flux_edit_guidance: float | None  # FluxGuidance on the edited prompt (guidance-distilled models), else None
+
+
+FLUX_DEV = FlowPhotoModel("Flux - ", "Flux dev", 1.0, FLUX_EDIT_GUIDANCE)
+SD35 = FlowPhotoModel("SD3.5 - ", "SD3.5 Medium", FLOW_EDIT_GUIDANCE, None)
+
+
+def flux_dev_source(workflow: ExampleWorkflow, prompt: str) -> Source:
+    """Flux dev through ComfyUI's UNETLoader, DualCLIPLoader and VAELoader; ModelSamplingFlux sets the shift for
+    the example photo's size, the source prompt gets FluxGuidance at the inversion's guidance."""
+    g = workflow.graph
+    unet = with_model_files(workflow, g.node("UNETLoader", unet_name=FLUX_CHECKPOINT, weight_dtype="default"),
+                            FLUX_CHECKPOINT)
+    clip = with_model_files(workflow, g.node("DualCLIPLoader", clip_name1="clip_l.safetensors",
+                                             clip_name2="t5xxl_fp16.safetensors", type="flux"),
+                            "clip_l.safetensors", "t5xxl_fp16.safetensors")
+    vae = with_model_files(workflow, g.node("VAELoader", vae_name="ae.safetensors"), "ae.safetensors")
+    photo = workflow.size(workflow.title_node(g.node("LoadImage", image=EXAMPLE_IMAGE), "Photo (source)"),
+                          PHOTO_LOAD_IMAGE_SIZE)
+    model = workflow.title_node(g.node("ModelSamplingFlux", model=unet.out(0), max_shift=FLUX_MAX_SHIFT,
+                                       base_shift=FLUX_BASE_SHIFT, width=EXAMPLE_IMAGE_SIZE, height=EXAMPLE_IMAGE_SIZE),
+                                "Shift for the photo's size")
+    text = workflow.size(workflow.title_node(g.node("CLIPTextEncode", clip=clip.out(0), text=prompt), "Source prompt"),
+                         TEXT_ENCODE_SIZE)
+    positive = workflow.title_node(g.node("FluxGuidance", conditioning=text.out(0), guidance=FLUX_INVERSION_GUIDANCE),
+                                   "Guidance 1 (source)")
+    negative = workflow.collapse(workflow.title_node(g.node("CLIPTextEncode", clip=clip.out(0), text=""),
+                                                     "Empty prompt"))
+    latent = workflow.title_node(g.node("VAEEncode", pixels=photo.out(0), vae=vae.out(0)), "Encode photo")
+    return Source(workflow, model.out(0), photo.out(0), latent.out(0), positive, negative,
+                  lambda samples: g.node("VAEDecode", samples=samples, vae=vae.out(0)), clip.out(0), prompt,
+                  ((unet, clip, vae), (photo, model), (text, positive, negative, latent)), style=FLOW_PHOTO_STYLE)
+
+
+def sd35_source(workflow: ExampleWorkflow, prompt: str) -> Source:
+    """SD3.5 Medium through ComfyUI's CheckpointLoaderSimple (model, VAE) and TripleCLIPLoader (CLIP-L, CLIP-G, T5)."""
+    g = workflow.graph
+    checkpoint = with_model_files(workflow, g.node("CheckpointLoaderSimple", ckpt_name=SD35_CHECKPOINT),
+                                  SD35_CHECKPOINT)
+    clip = with_model_files(workflow, g.node("TripleCLIPLoader", clip_name1="clip_l.safetensors",
+                                             clip_name2="clip_g.safetensors", clip_name3="t5xxl_fp16.safetensors"),
+                            "clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors")
+    photo = workflow.size(workflow.title_node(g.node("LoadImage", image=EXAMPLE_IMAGE), "Photo (source)"),
+                          PHOTO_LOAD_IMAGE_SIZE)
+    positive = workflow.size(workflow.title_node(g.node("CLIPTextEncode", clip=clip.out(0), text=prompt),
+                                                 "Source prompt"), TEXT_ENCODE_SIZE)
+    negative = workflow.size(workflow.title_node(g.node("CLIPTextEncode", clip=clip.out(0), text=""), "Empty prompt"),
+                             TEXT_ENCODE_SIZE)
+    latent = workflow.title_node(g.node("VAEEncode", pixels=photo.out(0), vae=checkpoint.out(2)), "Encode photo")
+    return Source(workflow, checkpoint.out(0), photo.out(0), latent.out(0), positive, negative,
+                  lambda samples: g.node("VAEDecode", samples=samples, vae=checkpoint.out(2)), clip.out(0), prompt,
+                  ((checkpoint, clip), (photo,), (positive, negative, latent)), style=FLOW_PHOTO_STYLE)
+
+
+def flow_photo(model: FlowPhotoModel, source: Source, files_note: str) -> ExampleWorkflow:
+    """A photo inverted with FireFlow at guidance 1, reconstructed (scored) and edited through the Inversion Guider."""
+    workflow, g = source.workflow, source.workflow.graph
+    reference, reference_shown = photo_reference(source)
+    edited_prompt = workflow.size(workflow.title_node(
+        g.node("CLIPTextEncode", clip=source.text_encoder, text=EXAMPLE_EDIT_PROMPT), "Edited prompt"), TEXT_ENCODE_SIZE)
+    edit_column_top = [edited_prompt]
+    guidance_note = f"cfg {model.edit_guidance:g}"
+    if model.flux_edit_guidance is not None:
+        edited_prompt = workflow.title_node(g.node("FluxGuidance", conditioning=edited_prompt.out(0),
+                                                   guidance=model.flux_edit_guidance), "Edit guidance")
+        edit_column_top.append(edited_prompt)
+        guidance_note = f"FluxGuidance {model.flux_edit_guidance:g} (**Edit guidance**), cfg {model.edit_guidance:g}"
+    parts = flow_edit_parts(source, reference, reference_shown, edited_prompt, model.edit_guidance,
+                            "Edit: yellow -> red hair", f"InvEdit/{model.prefix.split()[0].lower()}_edit")
+    parts.edit_columns[0][:1] = edit_column_top
+    workflow.notes = (
+        files_note + " Load your image in **Photo (source)** and describe it in **Source prompt**.\n\n"
+        f"**FireFlow Inversion (cfg 1)** inverts it at guidance 1 with the FireFlow solver ({FLOW_PHOTO_STEPS} steps, "
+        f"{FLOW_PHOTO_STEPS + 1} model calls); **Reconstruct (cfg 1)** replays it with FireFlow's sampler, scored "
+        "against the photo after a plain VAE round trip (the inversion's error alone). **Sample the edit** samples "
+        f"the same noise with **Edited prompt** (*red* hair) through **Inversion Guider** ({guidance_note}) in "
+        "SamplerCustomAdvanced (no noise, the inversion's noise and sigmas, InvEdit Replay Sampler with the FireFlow "
+        "solver; for stock samplers, InvEdit Inversion Noise gives the NOISE). A plain edit, without attention "
+        "control.\n\n"
+        f"**{COMPARE_CAPTION}**: the source, the reconstruction with its PSNR, the edit.")
+    workflow.row(source.group(reference_shown.plumbing), workflow.group("Invert (FireFlow, cfg 1)", parts.inversion))
+    workflow.row(workflow.group("Replay", parts.replay_column),
+                 workflow.group("Edit through the Inversion Guider", *parts.edit_columns),
+                 workflow.group(COMPARE_CAPTION, *parts.compare_columns))
+    return workflow
+
+
+FLOW_PHOTO_DESCRIPTION = "Your photo inverted with FireFlow, reconstructed, and edited by prompt"
+
+
+@example("flux_dev_flow_edit")
+def flux_dev_flow_edit() -> ExampleWorkflow:
+    workflow = ExampleWorkflow(Graph(), FLUX_DEV.prefix + "invert, reconstruct, edit",
+                               FLOW_PHOTO_DESCRIPTION + " (Flux dev)", "FireFlow inversion and edit of a photo (Flux dev)",
+                               "")
+    source = flux_dev_source(workflow, EXAMPLE_IMAGE_PROMPT)
+    return flow_photo(FLUX_DEV, source, (
+        f"Needs Flux dev: `{FLUX_CHECKPOINT}` (models/diffusion_models), `clip_l.safetensors` and "
+        "`t5xxl_fp16.safetensors` (models/text_encoders), `ae.safetensors` (models/vae); when one is missing ComfyUI "
+        "lists it with its download link. **Shift for the photo's size** sets Flux's time shift for the image "
+        f"size (set its width and height to your photo's; {EXAMPLE_IMAGE_SIZE} for the example); **Guidance 1 (source)** gives the source prompt the guidance the inversion runs at "
+        f"({FLUX_INVERSION_GUIDANCE:g}, as RF-Solver, FireFlow and Stable Flow invert Flux dev)."))
+
+
+@example("sd35_flow_edit")
+def sd35_flow_edit() -> ExampleWorkflow:
+    workflow = ExampleWorkflow(Graph(), SD35.prefix + "invert, reconstruct, edit",
+                               FLOW_PHOTO_DESCRIPTION + " (SD3.5 Medium)",
+                               "FireFlow inversion and edit of a photo (SD3.5)", "")
+    source = sd35_source(workflow, EXAMPLE_IMAGE_PROMPT)
+    return flow_photo(SD35, source, (
+        f"Needs SD3.5 Medium: `{SD35_CHECKPOINT}` (models/checkpoints; its model and VAE) and `clip_l.safetensors`, "
+        "`clip_g.safetensors`, `t5xxl_fp16.safetensors` (models/text_encoders); when one is missing ComfyUI lists "
+        "it with its download link."))
+
+
 # Inversion-free and noise-recording edits (issue 16): FlowEdit on the flow test-bed, edit-friendly
 # DDPM inversion on the UNet test-bed and on a photo.
 

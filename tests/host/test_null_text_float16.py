@@ -77,10 +77,12 @@ def test_a_half_precision_model_is_optimised_in_its_own_dtype(pack_nodes, dtype)
 
 
 def test_a_float16_overflow_in_null_text_says_what_to_do(pack_nodes):
+    """Inverted with the float16 model (an inversion of another precision is refused as another
+    architecture), then optimised on the same model with one weight scaled until float16 overflows."""
     positive, negative = tiny_conditioning("sd15", 1, 8), tiny_conditioning("sd15", 2, 8)
     with torch.inference_mode():
         _, record, _ = pack_nodes["InvEditDDIMInversion"].execute(
-            model=build_tiny_model("sd15", 0), positive=positive, negative=negative,
+            model=model_in(torch.float16, build_tiny_model("sd15", 0)), positive=positive, negative=negative,
             latent=tiny_latent("sd15", 3, 1, 16, 16), steps=STEPS, inversion_cfg=1.0, scheduler="ddim_uniform",
             clean_level="zero", **option_defaults()).result
     overflowing = build_tiny_model("sd15", 0)
