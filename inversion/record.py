@@ -67,6 +67,12 @@ class InversionRecord:
             the sampler's own negative prompt is used).
         pin_source: direct inversion (Ju et al., "PnP Inversion", arXiv 2310.01506): while
             sampling, source rows are put back on the recorded trajectory after every step.
+        ddpm_noises: edit-friendly DDPM inversion (Huberman-Spiegelglas et al., CVPR 2024;
+            :mod:`.ddpm_noise`): ``[N, B, C, H, W]`` the recorded noise of each sampling step
+            (step ``i`` goes ``sampling_sigmas[i] -> sampling_sigmas[i+1]``; the last one holds that
+            step's residual). The trajectory then holds the independently drawn states
+            (``latents[N - i]`` at ``sampling_sigmas[i]``), not a DDIM path: sample it with the DDPM
+            edit sampler, not with DDIM. None for every other inversion.
     """
 
     trajectory: InversionTrajectory
@@ -76,6 +82,16 @@ class InversionRecord:
     negative: Any = None
     unconditioning: Optional[Unconditioning] = None
     pin_source: bool = False
+    ddpm_noises: Optional[torch.Tensor] = None
+
+    @property
+    def is_ddpm_noise_space(self) -> bool:
+        """Whether this is an edit-friendly DDPM inversion (sampled with its recorded noises)."""
+        return self.ddpm_noises is not None
+
+    def sampling_states(self) -> torch.Tensor:
+        """``[N+1, B, C, H, W]``: the recorded state at each sampling level, ``[i]`` at ``sampling_sigmas[i]``."""
+        return self.trajectory.latents.flip(0)
 
     @property
     def steps(self) -> int:
@@ -109,9 +125,9 @@ class InversionRecord:
     def select_images(self, indices: Sequence[int]) -> "InversionRecord":
         """A new record holding only the batch rows ``indices`` (repeats allowed), in that order.
 
-        The trajectory ``[N+1, B, C, H, W]`` and per-image null-text contexts ``[N, B, L, D]``
-        (and pooled vectors ``[N, B, P]``) are indexed on their batch axis; contexts shared by
-        every row (``B`` = 1) are kept.
+        The trajectory ``[N+1, B, C, H, W]``, recorded DDPM noises ``[N, B, C, H, W]`` and
+        per-image null-text contexts ``[N, B, L, D]`` (and pooled vectors ``[N, B, P]``) are indexed
+        on their batch axis; contexts shared by every row (``B`` = 1) are kept.
         ``positive`` / ``negative`` are opaque here: give the selected rows' prompts with
         :meth:`with_changes`. ``settings`` keep describing the batch the rows came from.
         """
@@ -122,7 +138,8 @@ class InversionRecord:
             uncond = replace(uncond, step_contexts=uncond.step_contexts[:, rows])
         if uncond is not None and uncond.step_pooled is not None and uncond.step_pooled.shape[1] > 1:
             uncond = replace(uncond, step_pooled=uncond.step_pooled[:, rows])
-        return replace(self, trajectory=trajectory, unconditioning=uncond)
+        noises = None if self.ddpm_noises is None else self.ddpm_noises[:, rows]
+        return replace(self, trajectory=trajectory, unconditioning=uncond, ddpm_noises=noises)
 
 
 def tensor_sha256(tensor: torch.Tensor) -> str:

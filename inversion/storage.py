@@ -47,7 +47,12 @@ from .record import InversionRecord, Unconditioning, tensor_sha256
 from .warm_start import WarmStartConfig
 
 FORMAT_NAME = "invedit.inversion"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest format: version 2 adds the recorded DDPM noises. A record without them is still written as
+version 1, which older InvEdit reads; one with them is version 2, which older InvEdit refuses as newer
+(rather than sampling it as a DDIM inversion)."""
+PLAIN_FORMAT_VERSION = 1
+READABLE_VERSIONS = (PLAIN_FORMAT_VERSION, FORMAT_VERSION)
 METADATA_KEY = "invedit_inversion"
 FILE_SUFFIX = ".invedit.safetensors"
 """Every saved inversion file name ends with this; :func:`inversion_file_path` adds it."""
@@ -62,6 +67,7 @@ TRAJECTORY_LATENTS = "trajectory.latents"
 SAMPLING_SIGMAS = "sampling_sigmas"
 STEP_CONTEXTS = "unconditioning.step_contexts"
 STEP_POOLED = "unconditioning.step_pooled"
+DDPM_NOISES = "ddpm_noises"
 
 TRAJECTORY_DIMS = (5, 6)
 """``[N+1, B, C, H, W]``, or ``[N+1, B, C, 1, H, W]`` for models with 5-D latents (Qwen-Image)."""
@@ -247,10 +253,11 @@ def record_to_file_parts(record: InversionRecord) -> tuple[dict[str, torch.Tenso
         "negative": _encode(record.negative, store, "negative"),
         "unconditioning": unconditioning,
         "pin_source": record.pin_source,
+        "ddpm_noises": None if record.ddpm_noises is None else store.add(DDPM_NOISES, record.ddpm_noises),
     }
     document = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": PLAIN_FORMAT_VERSION if record.ddpm_noises is None else FORMAT_VERSION,
         "tensors_sha256": _tensors_digest(store.tensors),
         "record": structure,
     }
@@ -293,10 +300,11 @@ def _read_document(metadata: Optional[dict[str, str]]) -> dict[str, Any]:
             f"This file holds {document.get('format')!r}, not an InvEdit inversion ({FORMAT_NAME!r})."
         )
     version = document.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         newer = isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
         raise InversionFileError(
-            f"This inversion file has format version {version!r}; this InvEdit reads version {FORMAT_VERSION}. "
+            f"This inversion file has format version {version!r}; this InvEdit reads versions "
+            f"{' and '.join(map(str, READABLE_VERSIONS))}. "
             + ("It was saved by a newer InvEdit: update InvEdit to load it." if newer
                else "Invert the image again and save it with this InvEdit.")
         )
@@ -348,12 +356,24 @@ def record_from_file_parts(tensors: dict[str, torch.Tensor], metadata: Optional[
     return InversionRecord(
         trajectory=trajectory,
         sampling_sigmas=sampling_sigmas,
+        ddpm_noises=_ddpm_noises(tensors, structure.get("ddpm_noises"), latents),
         settings=_expect(_decode(structure.get("settings", {}), tensors, "settings"), dict, "settings"),
         positive=_decode(structure.get("positive"), tensors, "positive"),
         negative=_decode(structure.get("negative"), tensors, "negative"),
         unconditioning=unconditioning,
         pin_source=_expect(structure.get("pin_source", False), bool, "pin_source"),
     )
+
+
+def _ddpm_noises(tensors: dict[str, torch.Tensor], name: Any, latents: torch.Tensor) -> Optional[torch.Tensor]:
+    """The recorded DDPM noises ``[N, B, C, ...]`` of a file (None when it has none), shape-checked."""
+    if name is None:
+        return None
+    noises = _tensor(tensors, name, "ddpm_noises")
+    if tuple(noises.shape) != (latents.shape[0] - 1, *latents.shape[1:]):
+        raise _corrupt(f"the recorded DDPM noises {tuple(noises.shape)} do not fit the trajectory "
+                       f"{tuple(latents.shape)}")
+    return noises
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from ..inversion.null_text import REFERENCE_GUIDANCE
 from ..inversion.record import InversionRecord
 from .checks import check_conditioning, check_deterministic_sampler, check_finite, check_inversion_model
 from .conditioning import ContextForCall, negative_for, uncond_context_wrapper
+from .sampling import USES_RECORDED_NOISES, check_not_recorded_noises
 from .schedules import check_schedule, step_for_sigma
 
 
@@ -67,6 +68,8 @@ class InversionGuider(comfy.samplers.CFGGuider):
         self.set_cfg(cfg)
 
     def sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        if not getattr(sampler, USES_RECORDED_NOISES, False):
+            check_not_recorded_noises(self.record, "This InvEdit guider with a stock sampler")
         check_deterministic_sampler(sampler, "This InvEdit guider")
         check_schedule(sigmas, self.record)
         return check_finite(super().sample(noise, latent_image, sampler, sigmas, *args, **kwargs), "Sampling")

@@ -18,10 +18,11 @@ from .checks import check_latent
 from .conditioning import with_distilled_guidance
 from .errors import InvEditInputError
 from .fingerprint import model_fingerprint
+from .ddpm_nodes import ddpm_edit_sampler
 from .guiders import InversionGuider
 from .model_info import guidance_distillation, has_guidance_embedding, lowest_sigma
 from .options import inversion_config, inversion_option_inputs
-from .sampling import inversion_noise_latent, inversion_sampler, plain_guider, replay_sampler, sample_with_guider
+from .sampling import check_not_recorded_noises, inversion_noise_latent, inversion_sampler, plain_guider, replay_sampler, sample_with_guider
 from .schedules import SCHEDULER_AUTO, SIGMA_MATCH_RTOL, resolve_scheduler, schedule, steps_made_note
 from .sockets import CATEGORY_INVERSION, CATEGORY_SAMPLING, MAX_CFG, Inversion
 
@@ -192,7 +193,8 @@ class Reconstruct(io.ComfyNode):
                 "inversion) and returns the latent. At the "
                 "inversion's own cfg (usually 1) it gives the image back; a higher cfg shows the guidance gap, "
                 "which an inversion from InvEdit Null-text / Negative-Prompt / Direct Inversion closes. With direct "
-                "inversion every row is pinned to the recorded trajectory, so the output is the input image."
+                "inversion every row is pinned to the recorded trajectory, so the output is the input image. An "
+                "edit-friendly DDPM inversion is sampled with its recorded noises (exact at its own prompt and cfg)."
             ),
             inputs=[
                 io.Model.Input("model"),
@@ -210,8 +212,12 @@ class Reconstruct(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, inversion: InversionRecord, cfg, negative=None) -> io.NodeOutput:
-        noise_raw = inversion_noise_latent(model, inversion)
         guider = InversionGuider(model, inversion, positive, negative, cfg)
+        if inversion.is_ddpm_noise_space:  # sampled with its recorded noises; the latent only gives the shape
+            start = model.model.process_latent_out(inversion.sampling_states()[0].clone())
+            return io.NodeOutput({"samples": sample_with_guider(guider, start, ddpm_edit_sampler(inversion),
+                                                                inversion.sampling_sigmas)})
+        noise_raw = inversion_noise_latent(model, inversion)
         pin = None
         if inversion.pin_source:
             pin = SourcePin(inversion.step_targets(), tuple(range(noise_raw.shape[0])))
@@ -242,6 +248,7 @@ class DirectInversion(io.ComfyNode):
 
     @classmethod
     def execute(cls, inversion: InversionRecord) -> io.NodeOutput:
+        check_not_recorded_noises(inversion, "InvEdit Direct Inversion")
         return io.NodeOutput(inversion.with_changes(pin_source=True,
                                                     settings={**inversion.settings, "direct_inversion": True}))
 

@@ -26,8 +26,12 @@ import latent_preview
 from ..inversion import InversionConfig, SourcePin, invert, replay
 from ..inversion.process import DiffusionProcess
 from ..inversion.solvers import SOLVER_EULER
+from .errors import InvEditInputError
 from .checks import check_conditioning, check_finite, check_inversion_model, check_no_added_noise
 from .model_info import diffusion_process
+
+USES_RECORDED_NOISES = "uses_recorded_noises"
+"""Attribute set on a SAMPLER that samples an INVERSION with its recorded DDPM noises (the DDPM edit sampler)."""
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(x [B, C, ...], sigma [B]) -> x0``: the guided denoiser of a sampling run."""
@@ -129,8 +133,20 @@ def replay_sampler(pin: Optional[SourcePin] = None, solver: str = SOLVER_EULER) 
     return PackSampler(replay_loop, "The InvEdit replay sampler", "The replay", {"pin": pin, "solver": solver})
 
 
-def inversion_noise_latent(model, record) -> torch.Tensor:
-    """An INVERSION's noise as raw VAE-latent ``samples`` for ``model`` (family, latent format, architecture checked)."""
+def check_not_recorded_noises(record, what: str) -> None:
+    """Refuse an edit-friendly DDPM INVERSION where a DDIM / Euler path is needed."""
+    if getattr(record, "ddpm_noises", None) is not None:
+        raise InvEditInputError(
+            f"{what} samples an inversion along its deterministic path, but this inversion holds recorded DDPM noises "
+            "(InvEdit DDPM Noise Inversion): sample it with InvEdit DDPM Edit Sampler or InvEdit Reconstruct, or "
+            "invert with InvEdit DDIM Inversion for this node."
+        )
+
+
+def inversion_noise_latent(model, record, what: str = "This node") -> torch.Tensor:
+    """An INVERSION's noise as raw VAE-latent ``samples`` for ``model`` (family, latent format, architecture checked;
+    an edit-friendly DDPM inversion is refused, since its top state is not a DDIM noise)."""
+    check_not_recorded_noises(record, what)
     check_inversion_model(model, record)
     return model.model.process_latent_out(record.trajectory.noise.clone())
 

@@ -56,7 +56,8 @@ from workflow_format import api_prompt, node_definitions
 PHOTO_WORKFLOWS = sorted(name for name in workflow_specs.EXAMPLES if name.endswith("_photo"))
 TEST_STEPS = 3
 TEST_INNER_STEPS = 2
-CHEAP_WIDGETS = {"steps": TEST_STEPS, "inner_steps": TEST_INNER_STEPS}
+TEST_SKIP = 1  # the DDPM edit's skip, below the cheap step count
+CHEAP_WIDGETS = {"steps": TEST_STEPS, "inner_steps": TEST_INNER_STEPS, "skip": TEST_SKIP}
 DETERMINISM_WORKFLOW = "ddim_inversion_photo"
 IMAGE_OUTPUT_NODES = ("PreviewImage", "SaveImage")
 # Negative-prompt inversion at any cfg against DDIM at cfg 1: the same model calls, batched

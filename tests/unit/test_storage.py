@@ -243,8 +243,8 @@ def rewrite_document(path, change) -> None:
 
 
 def test_a_newer_format_version_is_refused(saved):
-    rewrite_document(saved, lambda document: document.update(format_version=2))
-    with pytest.raises(InversionFileError, match="format version 2.*reads version 1.*newer InvEdit"):
+    rewrite_document(saved, lambda document: document.update(format_version=3))
+    with pytest.raises(InversionFileError, match="format version 3.*reads versions 1 and 2.*newer InvEdit"):
         load_record(saved)
 
 
@@ -367,3 +367,32 @@ def test_flow_records_with_solvers_and_five_d_latents_round_trip(tmp_path):
     with pytest.raises(InversionFileError, match="trajectory shapes"):
         record_from_file_parts(*record_to_file_parts(record.with_changes(
             trajectory=dataclasses.replace(record.trajectory, latents=latents[0]))))
+
+
+def ddpm_record() -> InversionRecord:
+    """A record of an edit-friendly DDPM inversion: recorded noises ``[N, B, C, H, W]`` beside the states."""
+    record = make_record(with_unconditioning=False).with_changes(pin_source=False)
+    noises = torch.randn(STEPS, BATCH, CHANNELS, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(5))
+    return record.with_changes(ddpm_noises=noises)
+
+
+def test_recorded_ddpm_noises_round_trip_as_format_version_2(tmp_path):
+    record = ddpm_record()
+    path = tmp_path / f"ddpm{FILE_SUFFIX}"
+    save_record(path, record)
+    assert_identical(load_record(path), record)
+    document = json.loads(storage.read_file_metadata(path)[storage.METADATA_KEY])
+    assert document["format_version"] == 2
+    plain = tmp_path / f"plain{FILE_SUFFIX}"
+    save_record(plain, make_record())
+    assert json.loads(storage.read_file_metadata(plain)[storage.METADATA_KEY])["format_version"] == 1
+    # Selecting images keeps the noises' rows with the trajectory's.
+    selected = record.select_images([1, 0])
+    assert torch.equal(selected.ddpm_noises[:, 0], record.ddpm_noises[:, 1])
+
+
+def test_ddpm_noises_that_do_not_fit_the_trajectory_are_refused():
+    record = ddpm_record()
+    tensors, metadata = storage.record_to_file_parts(record.with_changes(ddpm_noises=record.ddpm_noises[1:]))
+    with pytest.raises(InversionFileError, match="recorded DDPM noises .* do not fit the trajectory"):
+        storage.record_from_file_parts(tensors, metadata)
