@@ -19,9 +19,11 @@ from ..attention import (
     SELF_MAX_QUERY_POSITIONS_NULL_TEXT,
     CrossMapStore,
 )
+from ..inversion.masks import DEFAULT_FEATHER
 from ..inversion.null_text import REFERENCE_GUIDANCE
 from .attention_patches import P2PGuider
 from .errors import InvEditInputError
+from .masks import edit_mask, mask_inputs
 from .p2p_prompts import MODE_SWAP, MODES, build_edit_plan
 from .sampling import inversion_noise_latent, replay_sampler, sample_with_guider
 from .sockets import CATEGORY_EDITING, MAX_CFG, AttentionMapsType, Inversion, P2PEdit, TestbedText
@@ -116,6 +118,11 @@ def _edit_inputs() -> list:
     ]
 
 
+def p2p_mask(mask, inversion, edit, feather: int, what: str):
+    """The feathered latent-size mask of a P2P edit (one for all edited prompts, or one per edit), or None."""
+    return edit_mask(mask, inversion.trajectory.noise.shape, len(edit.prompts) - 1, feather, what)
+
+
 def _negative_input() -> io.Conditioning.Input:
     return io.Conditioning.Input("negative", optional=True,
                                  tooltip="Only used when the inversion has no null-text / negative-prompt "
@@ -135,7 +142,7 @@ class P2PSample(io.ComfyNode):
                 "Prompt-to-Prompt edit of an inverted image: replays the inversion's schedule with deterministic DDIM "
                 "for the source row and one row per edited prompt in one batch; edited rows take the source's "
                 "attention maps. The source row is the reconstruction; with direct inversion it is pinned to the "
-                "image. Also returns the cross-attention maps of every word."
+                "image. With a mask, edited rows equal the source row outside it. Also returns the cross-attention maps of every word."
             ),
             inputs=[
                 *_edit_inputs(),
@@ -143,6 +150,7 @@ class P2PSample(io.ComfyNode):
                              tooltip="Most memory (MiB) for the stored cross-attention maps shown by InvEdit P2P "
                                      "Attention Maps; layers beyond it are not stored. 0 stores none."),
                 _negative_input(),
+                *mask_inputs(),
             ],
             outputs=[
                 io.Latent.Output(display_name="source", tooltip="The source row (the reconstruction)."),
@@ -153,10 +161,12 @@ class P2PSample(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, inversion, edit, cfg, map_budget_mib, negative=None) -> io.NodeOutput:
+    def execute(cls, model, inversion, edit, cfg, map_budget_mib, negative=None, mask=None,
+                mask_feather=DEFAULT_FEATHER) -> io.NodeOutput:
         noise_raw = inversion_noise_latent(model, inversion)
         store = CrossMapStore(max_bytes=map_budget_mib * MEBIBYTE) if map_budget_mib > 0 else None
-        guider = P2PGuider(model, inversion, edit.conditioning, edit.controller(store), negative, cfg)
+        guider = P2PGuider(model, inversion, edit.conditioning, edit.controller(store), negative, cfg,
+                           p2p_mask(mask, inversion, edit, mask_feather, "InvEdit P2P Sample"))
         samples = sample_with_guider(guider, noise_raw, replay_sampler(), inversion.sampling_sigmas)
         maps = AttentionMaps.from_store(store if store is not None else CrossMapStore(0), edit.prompts,
                                         noise_raw.shape[-2:])
@@ -176,15 +186,17 @@ class P2PGuiderNode(io.ComfyNode):
                 "Prompt-to-Prompt edit as a GUIDER for SamplerCustomAdvanced: connect Disable Noise, the inversion's "
                 "SIGMAS, its noise LATENT and a deterministic sampler (ddim, euler, InvEdit Replay Sampler). The "
                 "output batch is the source row followed by one row per edited prompt. LocalBlend and direct "
-                "inversion act on each step's result and are exact with one model call per step."
+                "inversion act on each step's result and are exact with one model call per step; so does the mask "
+                "(outside it, edited rows equal the source row)."
             ),
-            inputs=[*_edit_inputs(), _negative_input()],
+            inputs=[*_edit_inputs(), _negative_input(), *mask_inputs()],
             outputs=[io.Guider.Output()],
         )
 
     @classmethod
-    def execute(cls, model, inversion, edit, cfg, negative=None) -> io.NodeOutput:
-        return io.NodeOutput(P2PGuider(model, inversion, edit.conditioning, edit.controller(), negative, cfg))
+    def execute(cls, model, inversion, edit, cfg, negative=None, mask=None, mask_feather=DEFAULT_FEATHER) -> io.NodeOutput:
+        return io.NodeOutput(P2PGuider(model, inversion, edit.conditioning, edit.controller(), negative, cfg,
+                                       p2p_mask(mask, inversion, edit, mask_feather, "InvEdit P2P Guider")))
 
 
 class P2PAttentionMaps(io.ComfyNode):
