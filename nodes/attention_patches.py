@@ -31,10 +31,12 @@ import torch
 import comfy.ldm.modules.attention as comfy_attention
 
 from ..attention import AttentionContext, AttentionSite, PromptToPrompt
+from ..attention.joint import JointPromptToPrompt
 from ..inversion import SourcePin
 from ..inversion.masks import keep_outside
 from ..inversion.null_text import REFERENCE_GUIDANCE
 from .checks import check_unet_attention
+from .dit_patches import JointEditRun, dit_patched_model
 from .errors import InvEditInputError
 from .guiders import InversionGuider
 from .schedules import step_for_sigma
@@ -224,15 +226,20 @@ class P2PGuider(InversionGuider):
             outside it the edited rows equal the source row after every step.
     """
 
-    def __init__(self, model, record, positive, controller: PromptToPrompt, negative=None, cfg: float = REFERENCE_GUIDANCE,
+    def __init__(self, model, record, positive, controller: PromptToPrompt | JointPromptToPrompt, negative=None, cfg: float = REFERENCE_GUIDANCE,
                  mask: Optional[torch.Tensor] = None):
-        check_unet_attention(model, "Prompt-to-Prompt")
         self.rows = 1 + len(controller.edits)
         _check_single_image(record)
-        self.run = EditRun(controller, record.sampling_sigmas)
+        if isinstance(controller, JointPromptToPrompt):
+            self.run = JointEditRun(controller, record.sampling_sigmas)
+            patched = dit_patched_model(model, self.run)
+        else:
+            check_unet_attention(model, "Prompt-to-Prompt")
+            self.run = EditRun(controller, record.sampling_sigmas)
+            patched = patched_model(model, self.run)
         pin = SourcePin(record.step_targets(), (0,)) if record.pin_source else None
         self.hook = StepHook(controller, pin)
-        super().__init__(patched_model(model, self.run), record, positive, negative, cfg, mask)
+        super().__init__(patched, record, positive, negative, cfg, mask)
 
     def _batch(self, latent: torch.Tensor, what: str) -> torch.Tensor:
         if latent.shape[0] == self.rows:

@@ -19,11 +19,13 @@ from ..attention import (
     SELF_MAX_QUERY_POSITIONS_NULL_TEXT,
     CrossMapStore,
 )
+from ..attention.joint import LAYOUT_RULES, LAYOUT_SOURCE_QK
 from ..inversion.masks import DEFAULT_FEATHER
 from ..inversion.null_text import REFERENCE_GUIDANCE
 from .attention_patches import P2PGuider
 from .errors import InvEditInputError
 from .masks import edit_mask, mask_inputs
+from .model_info import is_flow_model
 from .p2p_prompts import MODE_SWAP, MODES, build_edit_plan
 from .sampling import inversion_noise_latent, replay_sampler, sample_with_guider
 from .sockets import CATEGORY_EDITING, MAX_CFG, AttentionMapsType, Inversion, P2PEdit, TestbedText
@@ -93,6 +95,14 @@ class P2PEditSettings(io.ComfyNode):
                              max=MAX_DOWNSAMPLE,
                              tooltip="LocalBlend reads the layers at latent size / this (4: 16x16 maps of a 512 px "
                                      "SD1.5 image; 2 for the test-bed model)."),
+                io.Combo.Input("layout_rule", options=list(LAYOUT_RULES), default=LAYOUT_SOURCE_QK,
+                               tooltip="Flow transformers (Flux, SD3.5, Qwen-Image, Chroma): how edited rows keep the "
+                                       "source's layout during self_replace. 'source image q, k' (Shin et al. 2025): "
+                                       "their image queries and keys are the source's. 'source maps': their image "
+                                       "queries take the source's attention maps (word maps as the UNet edit)."),
+                io.String.Input("layout_blocks", default="",
+                                tooltip="Flow transformers: blocks that keep the layout, e.g. 'double 0-3, single 5'. "
+                                        "Empty: every block."),
             ],
             outputs=[P2PEdit.Output(display_name="edit",
                                     tooltip="Prompts, per-row conditioning and edit settings.")],
@@ -101,10 +111,11 @@ class P2PEditSettings(io.ComfyNode):
     @classmethod
     def execute(cls, text_encoder, source_prompt, edited_prompts, mode, cross_replace, self_replace, self_max_pixels,
                 word_windows, reweight, blend_words, blend_start, blend_threshold,
-                blend_layer_downsample) -> io.NodeOutput:
+                blend_layer_downsample, layout_rule=LAYOUT_SOURCE_QK, layout_blocks="") -> io.NodeOutput:
         return io.NodeOutput(build_edit_plan(
             text_encoder, source_prompt, edited_prompts, mode, cross_replace, self_replace, self_max_pixels,
-            word_windows, reweight, blend_words, blend_start, blend_threshold, blend_layer_downsample))
+            word_windows, reweight, blend_words, blend_start, blend_threshold, blend_layer_downsample, layout_rule,
+            layout_blocks))
 
 
 def _edit_inputs() -> list:
@@ -116,6 +127,11 @@ def _edit_inputs() -> list:
         io.Float.Input("cfg", default=REFERENCE_GUIDANCE, min=0.0, max=MAX_CFG, step=0.1, round=0.01,
                        tooltip="Guidance; with null-text, the guidance its embeddings were optimised for."),
     ]
+
+
+def controller_for(model, edit, store=None):
+    """The edit's controller for this model: cross attention (UNets) or joint attention (flow transformers)."""
+    return edit.joint_controller() if is_flow_model(model) else edit.controller(store)
 
 
 def p2p_mask(mask, inversion, edit, feather: int, what: str):
@@ -165,7 +181,7 @@ class P2PSample(io.ComfyNode):
                 mask_feather=DEFAULT_FEATHER) -> io.NodeOutput:
         noise_raw = inversion_noise_latent(model, inversion)
         store = CrossMapStore(max_bytes=map_budget_mib * MEBIBYTE) if map_budget_mib > 0 else None
-        guider = P2PGuider(model, inversion, edit.conditioning, edit.controller(store), negative, cfg,
+        guider = P2PGuider(model, inversion, edit.conditioning, controller_for(model, edit, store), negative, cfg,
                            p2p_mask(mask, inversion, edit, mask_feather, "InvEdit P2P Sample"))
         samples = sample_with_guider(guider, noise_raw, replay_sampler(), inversion.sampling_sigmas)
         maps = AttentionMaps.from_store(store if store is not None else CrossMapStore(0), edit.prompts,
@@ -195,7 +211,7 @@ class P2PGuiderNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, inversion, edit, cfg, negative=None, mask=None, mask_feather=DEFAULT_FEATHER) -> io.NodeOutput:
-        return io.NodeOutput(P2PGuider(model, inversion, edit.conditioning, edit.controller(), negative, cfg,
+        return io.NodeOutput(P2PGuider(model, inversion, edit.conditioning, controller_for(model, edit), negative, cfg,
                                        p2p_mask(mask, inversion, edit, mask_feather, "InvEdit P2P Guider")))
 
 

@@ -97,8 +97,6 @@ def p2p(model, text_encoder, record, source, edited, negative, **mask_inputs):
 
 def test_masked_p2p_keeps_the_source_row_outside_the_mask(pack_nodes, inverted):
     family, model, text_encoder, source, edited, negative, record = inverted
-    if family == "flow":
-        pytest.skip("P2P on joint attention: tests/host/test_p2p_flow.py")
     source_row, masked = p2p(model, text_encoder, record, source, edited, negative, mask=left_digit_mask(),
                              mask_feather=2)
     plain_source, unmasked = p2p(model, text_encoder, record, source, edited, negative)
@@ -126,10 +124,9 @@ def test_unusable_masks_are_refused_by_the_guiders(pack_nodes, inverted, mask, m
     with pytest.raises(ValueError, match=message) as error:
         guided(pack_nodes, model, record, encode(pack_nodes, text_encoder, [edited]), negative, mask=mask)
     assert type(error.value).__name__ == "InvEditInputError"
-    if family == "unet":
-        with pytest.raises(ValueError, match=message) as error:
-            p2p(model, text_encoder, record, source, edited, negative, mask=mask)
-        assert type(error.value).__name__ == "InvEditInputError"
+    with pytest.raises(ValueError, match=message) as error:
+        p2p(model, text_encoder, record, source, edited, negative, mask=mask)
+    assert type(error.value).__name__ == "InvEditInputError"
 
 
 def test_an_image_size_mask_is_resized_with_a_note(pack_nodes, inverted, caplog):
