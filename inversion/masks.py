@@ -131,8 +131,11 @@ def keep_outside(x_reference: torch.Tensor, x_edit: torch.Tensor, mask: torch.Te
     """``x_ref + m * (x_edit - x_ref)``: the edit inside the mask, the reference outside (bit for bit).
 
     Args:
-        x_reference: ``[R, C, H, W]`` (or ``[1, ...]``, broadcast) the state to keep.
+        x_reference: ``[R, C, H, W]`` (or ``[1, ...]``, broadcast) the state to keep; video-shaped
+            latents ``[R, C, T, H, W]`` (Qwen-Image) take the same mask on every frame.
         x_edit: ``[R, C, H, W]`` the edited rows' state.
         mask: ``[R or 1, 1, H, W]`` from :func:`latent_mask`.
     """
+    frames = [1] * (x_edit.dim() - mask.dim())
+    mask = mask.reshape(mask.shape[0], 1, *frames, *mask.shape[-2:])
     return x_reference + mask.to(x_edit) * (x_edit - x_reference)

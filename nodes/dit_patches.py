@@ -115,6 +115,10 @@ def block_tag(block_key: tuple[str, int]) -> Callable:
     def patch(args: dict, extra: dict) -> dict:
         options = dict(args.get("transformer_options") or {})
         options[BLOCK_OPTION] = block_key
+        placed, text = options.get(LAYOUT_OPTION), args.get("txt")
+        if placed is not None and text is not None and text.shape[1] != placed[0].text_tokens:
+            raise ValueError(f"The text stream of {block_key} has {text.shape[1]} tokens but the token layout rule "
+                             f"gives {placed[0].text_tokens}: this model family's rule does not match it.")
         return extra["original_block"]({**args, "transformer_options": options})
 
     return patch
@@ -151,12 +155,12 @@ class JointEditRun:
         return JointContext(rows, layout)
 
 
-def _as_heads(x: torch.Tensor, heads: int, skip_reshape: bool) -> torch.Tensor:
-    """``[B, H, L, D]`` from the backend's input (``[B, H, L, D]`` with skip_reshape, else ``[B, L, H*D]``)."""
+def _as_heads(x: torch.Tensor, heads: int, dim_head: int, skip_reshape: bool) -> torch.Tensor:
+    """``[B, H, L, D]`` from the backend's input: ``[B, H, L, D]`` with skip_reshape, else ``[B, L, H*D]``
+    (SD3 MMDiT hands v over as ``[B, L, H, D]``, which the backends read the same way)."""
     if skip_reshape:
         return x
-    rows, length, features = x.shape
-    return x.view(rows, length, heads, features // heads).transpose(1, 2)
+    return x.reshape(x.shape[0], -1, heads, dim_head).transpose(1, 2)
 
 
 def attention_override(run: JointEditRun, previous: Optional[Callable]) -> Callable:
@@ -176,14 +180,17 @@ def attention_override(run: JointEditRun, previous: Optional[Callable]) -> Calla
 
         context = run.context(options, heads)
         length = q.shape[2] if skip_reshape else q.shape[1]
-        if context is None or not context.layout.fits(length) or k.shape != q.shape:
+        if context is None or not context.layout.fits(length):
             return backend(q, k, v)
 
         def attend(q4, k4, v4):
             return backend(q4, k4, v4, skip_reshape=True, skip_output_reshape=True)
 
-        out = run.controller(_as_heads(q, heads, skip_reshape), _as_heads(k, heads, skip_reshape),
-                             _as_heads(v, heads, skip_reshape), context, attend)
+        dim_head = q.shape[-1] if skip_reshape else q.shape[-1] // heads
+        q4, k4, v4 = (_as_heads(t, heads, dim_head, skip_reshape) for t in (q, k, v))
+        if not q4.shape == k4.shape == v4.shape:  # not a self-attention of one sequence: leave it alone
+            return backend(q, k, v)
+        out = run.controller(q4, k4, v4, context, attend)
         if skip_output_reshape:
             return out
         return out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1)
