@@ -37,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from comfy_headless import REPO_ROOT, boot_with_pack, inversion_options  # noqa: E402
+from p2p_testbed import FIGURES, add_swap_figures, table_lines  # noqa: E402
 
 STEPS = 25
 SWAP_OFFSET = 5
@@ -126,13 +127,11 @@ def measure(nodes_map, count: int, seed: int, cfg: float) -> tuple[dict, dict]:
         inversion_cfg=1.0, scheduler="auto", clean_level="zero", **inversion_options()).result
     facts = {"inversion s": time.perf_counter() - started}
     predict = classifier.training_split_classifier().predict_canvases
-    digit = data.DIGIT_SIZE
-    half = lambda canvas, side: canvas[..., side * digit:(side + 1) * digit]  # noqa: E731
     sides = (vocabulary.LEFT_WORD_POSITION, vocabulary.RIGHT_WORD_POSITION)
     rows = {}
     for name, setting in SETTINGS.items():
         started = time.perf_counter()
-        figures = {"error vs image": [], "error vs source row": [], "swapped digit changed": [], "other digit kept": []}
+        figures = {key: [] for key in FIGURES}
         for index, prompt in enumerate(prompts):
             single = one_image(record, index)
             targets = [vocabulary.shift_digit_word(prompt, position, SWAP_OFFSET) for position in sides]
@@ -143,16 +142,7 @@ def measure(nodes_map, count: int, seed: int, cfg: float) -> tuple[dict, dict]:
             else:
                 result = edit_rows(model, text_encoder, single, prompt, targets, setting, cfg, negative)
                 source_row, edited = result[:1], result[1:]
-            image = canvases[index:index + 1]
-            source_labels = predict(image)[0]
-            for side, (target, position) in enumerate(zip(targets, sides)):
-                other, row = 1 - side, edited[side:side + 1]
-                labels = predict(row)[0]
-                new_digit = vocabulary.DIGIT_WORDS.index(target.split()[position])
-                figures["error vs image"].append(float((half(row, other) - half(image, other)).abs().mean()))
-                figures["error vs source row"].append(float((half(row, other) - half(source_row, other)).abs().mean()))
-                figures["swapped digit changed"].append(float(int(labels[side]) == new_digit))
-                figures["other digit kept"].append(float(int(labels[other]) == int(source_labels[other])))
+            add_swap_figures(figures, canvases[index:index + 1], source_row, edited, targets, predict)
         rows[name] = {key: sum(values) / len(values) for key, values in figures.items()}
         rows[name]["s"] = time.perf_counter() - started
         print(f"{name}: {rows[name]}", flush=True)
@@ -162,7 +152,6 @@ def measure(nodes_map, count: int, seed: int, cfg: float) -> tuple[dict, dict]:
 
 
 def markdown(rows: dict, facts: dict, count: int, seed: int, cfg: float) -> str:
-    columns = ["error vs image", "error vs source row", "plain / this", "swapped digit changed", "other digit kept"]
     lines = [
         f"Prompt-to-Prompt word swap on the flow test-bed (joint attention): {count} held-out canvases (seed {seed}), "
         f"{2 * count} swaps (each digit word for the digit {SWAP_OFFSET} further on), Euler inversion at guidance 1, "
@@ -170,11 +159,8 @@ def markdown(rows: dict, facts: dict, count: int, seed: int, cfg: float) -> str:
         "mean |error| on the [-1, 1] canvas; 'plain / this': the plain regeneration's error over the setting's; "
         "rates: the test-bed classifier. 'self' = the layout window (fraction of the steps from the start), "
         "'cross' = the word-map window of the 'source maps' rule.",
-        "", "| setting | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns),
+        "", *table_lines(rows),
     ]
-    for name, row in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.3f}" if "error" in c else f"{row[c]:.2f}"
-                                                   for c in columns) + " |")
     return "\n".join(lines)
 
 

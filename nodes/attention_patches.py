@@ -36,7 +36,6 @@ from ..inversion import SourcePin
 from ..inversion.masks import keep_outside
 from ..inversion.null_text import REFERENCE_GUIDANCE
 from .checks import check_unet_attention
-from .dit_patches import JointEditRun, dit_patched_model
 from .errors import InvEditInputError
 from .guiders import InversionGuider
 from .schedules import step_for_sigma
@@ -231,6 +230,8 @@ class P2PGuider(InversionGuider):
         self.rows = 1 + len(controller.edits)
         _check_single_image(record)
         if isinstance(controller, JointPromptToPrompt):
+            from .dit_patches import JointEditRun, dit_patched_model  # it builds on EditRun, defined here
+
             self.run = JointEditRun(controller, record.sampling_sigmas)
             patched = dit_patched_model(model, self.run)
         else:

@@ -36,8 +36,8 @@ from ..attention.joint import (
     TokenLayout,
     token_layout,
 )
+from .attention_patches import EditRun
 from .errors import InvEditInputError
-from .schedules import step_for_sigma
 
 LAYOUT_OPTION = "invedit_joint_layout"
 """``transformer_options`` key of the call's :class:`TokenLayout` (set by the model wrapper)."""
@@ -124,24 +124,8 @@ def block_tag(block_key: tuple[str, int]) -> Callable:
     return patch
 
 
-class JointEditRun:
-    """Per-run state shared by the patched model's attention calls: the controller and the schedule."""
-
-    def __init__(self, controller: JointPromptToPrompt, sampling_sigmas: torch.Tensor) -> None:
-        self.controller = controller
-        self.sampling_sigmas = sampling_sigmas.detach().to("cpu", torch.float64)
-        self.n_steps = self.sampling_sigmas.numel() - 1
-        self._last: tuple[Optional[torch.Tensor], int] = (None, 0)
-
-    def reset(self) -> None:
-        self.controller.reset()
-        self._last = (None, 0)
-
-    def step_of(self, sigma: torch.Tensor) -> int:
-        """The sampling step of this sigma (looked up once per model call, not per layer)."""
-        if sigma is not self._last[0]:
-            self._last = (sigma, step_for_sigma(sigma, self.sampling_sigmas))
-        return self._last[1]
+class JointEditRun(EditRun):
+    """Per-run state shared by the patched model's attention calls: the joint controller and the schedule."""
 
     def context(self, options: dict, heads: int) -> Optional[JointContext]:
         """The call's context, or None when the call is not in a tagged block of a wrapped model call."""

@@ -310,7 +310,15 @@ class EditPlan:
                               map_store=map_store)
 
     def joint_controller(self) -> JointPromptToPrompt:
-        """A fresh controller for the joint attention of a flow transformer (one sampling run)."""
+        """A fresh controller for the joint attention of a flow transformer (one sampling run).
+
+        Raises:
+            InvEditInputError: the edit asks for LocalBlend, which the joint path does not have yet.
+        """
+        if self.blend is not None:
+            raise InvEditInputError(
+                "LocalBlend (blend_words) works on UNets only for now; on this flow transformer clear blend_words and "
+                "connect a mask to P2P Sample / P2P Guider instead: outside it the edit keeps the source exactly.")
         return JointPromptToPrompt(self.edits, layout=self.layout)
 
 

@@ -217,10 +217,12 @@ class Source:
         return Shown(plumbing, workflow.size(workflow.title_node(display, title), self.preview_size))
 
 
-def testbed_source(workflow: ExampleWorkflow, count: int = TESTBED_DIGIT_COUNT, seed: int = 0) -> Source:
-    """The shipped test-bed model and held-out digits, each with its own prompt."""
+def testbed_source(workflow: ExampleWorkflow, count: int = TESTBED_DIGIT_COUNT, seed: int = 0,
+                   loader: str = "InvEditTestbedModelLoader") -> Source:
+    """A shipped test-bed model (``loader``: the UNet's or the flow model's) and held-out digits, each with its
+    own prompt."""
     g = workflow.graph
-    loader = g.node("InvEditTestbedModelLoader", verify=True)
+    loader = g.node(loader, verify=True)
     digits = workflow.title_node(g.node("InvEditTestbedHeldOutDigits", count=count, seed=seed),
                                  "Held-out digits (source)")
     positive = workflow.size(workflow.title_node(
@@ -847,24 +849,6 @@ FLOW_P2P_COMPARE_NOTE = (f"**{COMPARE_CAPTION}**: the source; **Reconstruction**
                          "batch, with its PSNR; the edit.")
 
 
-def testbed_flow_source(workflow: ExampleWorkflow, count: int, seed: int) -> Source:
-    """The shipped flow test-bed model and held-out digits, each with its own prompt."""
-    g = workflow.graph
-    loader = g.node("InvEditTestbedFlowModelLoader", verify=True)
-    digits = workflow.title_node(g.node("InvEditTestbedHeldOutDigits", count=count, seed=seed),
-                                 "Held-out digits (source)")
-    positive = workflow.size(workflow.title_node(
-        g.node("InvEditTestbedTextEncode", text_encoder=loader.out(1), text=digits.out(1)), "Source prompts"),
-        TEXT_ENCODE_SIZE)
-    negative = workflow.size(workflow.title_node(
-        g.node("InvEditTestbedTextEncode", text_encoder=loader.out(1), text=""), "Empty prompt"), TEXT_ENCODE_SIZE)
-    latent = workflow.title_node(g.node("InvEditTestbedImageToLatent", image=digits.out(0)), "Image to latent")
-    return Source(workflow, loader.out(0), digits.out(0), latent.out(0), positive, negative,
-                  lambda samples: g.node("InvEditTestbedLatentToImage", latent=samples, scale=1),
-                  loader.out(1), digits.out(1), ((loader, digits), (positive, negative, latent)),
-                  view_scale=TESTBED_VIEW_SCALE, preview_size=TESTBED_PREVIEW_SIZE)
-
-
 def left_digit_mask(workflow: ExampleWorkflow) -> list[NodeRef]:
     """A MASK over the left digit of a canvas: an 8x8 white square on a black 16x8 mask (3 nodes)."""
     g = workflow.graph
@@ -883,7 +867,7 @@ def p2p_flow_testbed(edit_name: str) -> ExampleWorkflow:
     workflow = ExampleWorkflow(Graph(), NO_DOWNLOAD_PREFIX + card, description, f"{card} (test-bed Flux)",
                                FLOW_P2P_INTRO + "\n\n" + FLOW_P2P_NOTES[edit_name] + "\n\n" + FLOW_P2P_COMPARE_NOTE)
     g = workflow.graph
-    source = testbed_flow_source(workflow, count=1, seed=FLOW_P2P_SEED)
+    source = testbed_source(workflow, count=1, seed=FLOW_P2P_SEED, loader="InvEditTestbedFlowModelLoader")
     reference, reference_shown = testbed_reference(source)
     inversion = workflow.title_node(g.node(
         "InvEditDDIMInversion", model=source.model, positive=source.positive, negative=source.negative,

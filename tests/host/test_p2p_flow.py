@@ -136,3 +136,13 @@ def test_a_mask_keeps_the_other_half_equal_to_the_reconstruction(pack_nodes, flo
           f"{float((half(unmasked, 1) - half(reconstruction, 1)).abs().max()):.3f})")
     assert error <= KEPT_MAX_ERROR
     assert float((half(unmasked, 1) - half(reconstruction, 1)).abs().max()) > 1e-3  # control
+
+
+def test_local_blend_on_the_flow_model_says_to_use_a_mask(flow_testbed, inverted):
+    model, text_encoder = flow_testbed
+    canvases, prompts, negative, record = inverted
+    target = vocabulary.shift_digit_word(prompts[0], vocabulary.LEFT_WORD_POSITION, SWAP_OFFSET)
+    old, new = prompts[0].split()[3], target.split()[3]
+    with pytest.raises(ValueError, match="connect a mask"):
+        p2p_sample(model, text_encoder, one_image(record, 0), negative, prompts[0], [target],
+                   blend_words=f"{old}; {new}")
