@@ -180,10 +180,11 @@ def run_flux_case(case: str, steps: int, repeats: int) -> dict:
         controller = JointPromptToPrompt([PromptEdit(None, CrossSchedule())], layout=LayoutInjection(rule))
         return P2PGuider(model, record, conditioning, controller, negative, FLUX_CFG)
 
-    return _timed(FLUX, case, guider, noise_raw, record, replay_sampler(), steps, repeats)
+    return _timed(FLUX, case, guider, noise_raw, record, replay_sampler(), steps, repeats, clock=time.process_time)
 
 
-def _timed(model_name, case, guider, noise_raw, record, sampler, steps, repeats) -> dict:
+def _timed(model_name, case, guider, noise_raw, record, sampler, steps, repeats, clock=time.perf_counter) -> dict:
+    """Per-step time (``clock``: wall time, or the process's CPU time where other jobs share the CPU) and peak RSS."""
     import torch
 
     step_times, peaks, increases = [], [], []
@@ -192,11 +193,10 @@ def _timed(model_name, case, guider, noise_raw, record, sampler, steps, repeats)
         sampling_guider = guider()
         before = _status_kib("VmRSS")
         _reset_peak()
-        start = time.perf_counter()
+        start = clock()
         with torch.inference_mode():
             sampling_guider.sample(torch.zeros_like(noise_raw), noise_raw, sampler, record.sampling_sigmas,
-                                   callback=lambda *args: stamps.append(time.perf_counter()), disable_pbar=True,
-                                   seed=0)
+                                   callback=lambda *args: stamps.append(clock()), disable_pbar=True, seed=0)
         peak = _status_kib("VmHWM")
         per_step = [b - a for a, b in zip(stamps, stamps[1:])]
         step_times.append(statistics.mean(per_step) if per_step else stamps[0] - start)
@@ -300,7 +300,9 @@ def notes_flux(args) -> list[str]:
             f"sizes and token counts, but 6 heads (768 wide, Flux: 24, 3072) and 1 double + 1 single block (a CPU "
             f"budget; attention is a larger share of the cost than in Flux, so the ratios are upper bounds), seeded "
             f"random weights, float32; "
-            f"{args.flux_steps} steps, cfg {FLUX_CFG}, 2 rows, 1 run, {args.threads} thread(s). 'plain' is ComfyUI's "
+            f"{args.flux_steps} steps, cfg {FLUX_CFG}, 2 rows, 1 run, {args.threads} thread(s); time is the process's "
+            "CPU time per step (the machine's CPUs were shared with other jobs, which made wall time swing 3x). "
+            "'plain' is ComfyUI's "
             "CFGGuider with ComfyUI's own attention function, which the P2P override calls too (the same kernel). "
             "The P2P rows keep the layout in every block over the first half of the steps."]
 

@@ -243,6 +243,10 @@ class P2PAttentionMaps(io.ComfyNode):
 
     @classmethod
     def execute(cls, maps: AttentionMaps, layer_downsample, cell_height, labels) -> io.NodeOutput:
+        if not maps.sizes():
+            raise InvEditInputError(
+                "No attention maps were stored: InvEdit P2P Sample's map_budget_mib was 0, or the model is a flow "
+                "transformer, whose joint-attention word maps this node does not show yet.")
         aggregated = maps.aggregate(layer_downsample)
         if aggregated is None:
             sizes = ", ".join(f"{h}x{w}" for h, w in maps.sizes()) or "none"

@@ -146,3 +146,18 @@ def test_local_blend_on_the_flow_model_says_to_use_a_mask(flow_testbed, inverted
     with pytest.raises(ValueError, match="connect a mask"):
         p2p_sample(model, text_encoder, one_image(record, 0), negative, prompts[0], [target],
                    blend_words=f"{old}; {new}")
+
+
+def test_the_map_viewer_says_why_a_flow_edit_has_no_maps(pack_nodes, flow_testbed, inverted):
+    model, text_encoder = flow_testbed
+    canvases, prompts, negative, record = inverted
+    target = vocabulary.shift_digit_word(prompts[0], vocabulary.LEFT_WORD_POSITION, SWAP_OFFSET)
+    options = {widget.id: widget.default for widget in p2p_nodes.P2PEditSettings.GET_SCHEMA().inputs
+               if getattr(widget, "default", None) is not None}
+    with torch.inference_mode():
+        edit = p2p_nodes.P2PEditSettings.execute(**{**options, "text_encoder": text_encoder,
+                                                    "source_prompt": prompts[0], "edited_prompts": target}).result[0]
+        maps = p2p_nodes.P2PSample.execute(model=model, inversion=one_image(record, 0), edit=edit, cfg=CFG,
+                                           map_budget_mib=64, negative=negative).result[2]
+    with pytest.raises(ValueError, match="flow transformer"):
+        p2p_nodes.P2PAttentionMaps.execute(maps=maps, layer_downsample=0, cell_height=32, labels=False)
