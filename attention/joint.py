@@ -185,7 +185,10 @@ class JointPromptToPrompt:
 
     def blend(self, x: torch.Tensor, step: int, n_steps: int) -> torch.Tensor:
         """LocalBlend of the latents ``[rows, C, H, W]`` after step ``step`` (identity without one)."""
-        return x if self.local_blend is None else self.local_blend.apply(x, step, n_steps)
+        if self.local_blend is None:
+            return x
+        self.local_blend.check_fed()
+        return self.local_blend.apply(x, step, n_steps)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context: JointContext,
                  attend: Attend) -> torch.Tensor:
@@ -277,7 +280,36 @@ class JointPromptToPrompt:
         return out
 
     def _record(self, q, k, starts, context: JointContext) -> None:
-        """Feed the words' text-query maps to the LocalBlend and the map store (only those words)."""
-        for state in (self.local_blend, self.map_store):
-            if state is not None and state.wants(context):
-                state.add(q, k, starts, context)
+        """Feed the text-query maps of the conditional rows to the LocalBlend and the map store."""
+        site, layout = context.rows.site, context.layout
+        batch = context.rows.rows_per_chunk(q.shape[0])
+        to_blend = self.local_blend is not None and self.local_blend.uses(site, context.rows.latent_shape)
+        to_store = self.map_store is not None and self.map_store.wants(site, batch, layout.prompt_tokens)
+        if not (to_blend or to_store):
+            return
+        for start in starts:
+            maps = text_to_image_maps(q[start:start + batch], k[start:start + batch], layout)
+            if to_blend:
+                self.local_blend.accumulate(site, maps)
+            if to_store:
+                self.map_store.add(site, maps)
+
+
+def text_to_image_maps(q: torch.Tensor, k: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """The prompt tokens' text-query -> image-key maps ("T2I", Shin et al.), as cross maps ``[rows, Nimg, P]``.
+
+    ``softmax(q_word . [k_text, k_image]^T / sqrt(d))`` over the whole joint key axis, its image part,
+    averaged over heads one head at a time (``[rows, P, L]`` at most in memory), then transposed so that
+    column ``p`` is word ``p``'s map over the image: the layout :class:`~.blend.LocalBlend` and
+    :class:`~.store.CrossMapStore` take from cross attention.
+
+    Args:
+        q, k: ``[rows, heads, L, dim]``.
+    """
+    scale = q.shape[-1] ** -0.5
+    total = None
+    for head in range(q.shape[1]):
+        logits = q[:, head, layout.prompt].float() @ k[:, head].float().transpose(-1, -2) * scale
+        image_part = logits.softmax(dim=-1)[..., layout.image]
+        total = image_part if total is None else total + image_part
+    return (total / q.shape[1]).transpose(1, 2)

@@ -53,6 +53,7 @@ class Setting:
     edit: dict
     masked: bool = False
     source_pooled: bool = False
+    blend: bool = False
 
 
 def edit_inputs(rule: str = QK, self_replace: float = 0.5, cross_replace: float = 0.8, blocks: str = "") -> dict:
@@ -70,6 +71,7 @@ SETTINGS = {
     "diagnostic: source pooled vector, no injection": Setting(edit_inputs(QK, 0.0, 0.0), source_pooled=True),
     "diagnostic: source pooled vector + q, k: self 0.5": Setting(edit_inputs(QK, 0.5), source_pooled=True),
     "diagnostic: source pooled vector + q, k: self 0.75": Setting(edit_inputs(QK, 0.75), source_pooled=True),
+    "q, k: self 0.5 + LocalBlend on the swapped word": Setting(edit_inputs(QK, 0.5), blend=True),
     "q, k: self 0.5 + mask on the swapped half": Setting(edit_inputs(QK, 0.5), masked=True),
     "no injection + mask on the swapped half": Setting(edit_inputs(QK, 0.0, 0.0), masked=True),
 }
@@ -97,13 +99,13 @@ def with_source_pooled(edit):
 
 
 def edit_rows(model, text_encoder, record, source: str, targets: list[str], setting: Setting, cfg: float,
-              negative, mask=None) -> torch.Tensor:
+              negative, mask=None, blend_words: str = "") -> torch.Tensor:
     """``[1 + len(targets), 1, 8, 16]``: the source row and the edited rows of one P2P Sample run."""
     from invedit.nodes.p2p_nodes import P2PEditSettings, P2PSample
 
     edit = P2PEditSettings.execute(text_encoder=text_encoder, source_prompt=source, edited_prompts="\n".join(targets),
                                    mode="word swap", self_max_pixels=1024, word_windows="", reweight="",
-                                   blend_words="", blend_start=0.2, blend_threshold=0.3, blend_layer_downsample=1,
+                                   blend_words=blend_words, blend_start=0.2, blend_threshold=0.3, blend_layer_downsample=1,
                                    **setting.edit).result[0]
     if setting.source_pooled:
         edit = with_source_pooled(edit)
@@ -135,9 +137,11 @@ def measure(nodes_map, count: int, seed: int, cfg: float) -> tuple[dict, dict]:
         for index, prompt in enumerate(prompts):
             single = one_image(record, index)
             targets = [vocabulary.shift_digit_word(prompt, position, SWAP_OFFSET) for position in sides]
-            if setting.masked:
-                runs = [edit_rows(model, text_encoder, single, prompt, [target], setting, cfg, negative, half_mask(side))
-                        for side, target in enumerate(targets)]
+            if setting.masked or setting.blend:
+                runs = [edit_rows(model, text_encoder, single, prompt, [target], setting, cfg, negative,
+                                  half_mask(side) if setting.masked else None,
+                                  f"{prompt.split()[position]}; {target.split()[position]}" if setting.blend else "")
+                        for side, (target, position) in enumerate(zip(targets, sides))]
                 source_row, edited = runs[0][:1], torch.cat([run[1:] for run in runs])
             else:
                 result = edit_rows(model, text_encoder, single, prompt, targets, setting, cfg, negative)

@@ -131,7 +131,7 @@ def _edit_inputs() -> list:
 
 def controller_for(model, edit, store=None):
     """The edit's controller for this model: cross attention (UNets) or joint attention (flow transformers)."""
-    return edit.joint_controller() if is_flow_model(model) else edit.controller(store)
+    return edit.joint_controller(store) if is_flow_model(model) else edit.controller(store)
 
 
 def p2p_mask(mask, inversion, edit, feather: int, what: str):
@@ -245,8 +245,7 @@ class P2PAttentionMaps(io.ComfyNode):
     def execute(cls, maps: AttentionMaps, layer_downsample, cell_height, labels) -> io.NodeOutput:
         if not maps.sizes():
             raise InvEditInputError(
-                "No attention maps were stored: InvEdit P2P Sample's map_budget_mib was 0, or the model is a flow "
-                "transformer, whose joint-attention word maps this node does not show yet.")
+                "No attention maps were stored: raise InvEdit P2P Sample's map_budget_mib above 0.")
         aggregated = maps.aggregate(layer_downsample)
         if aggregated is None:
             sizes = ", ".join(f"{h}x{w}" for h, w in maps.sizes()) or "none"

@@ -35,6 +35,8 @@ from ..attention import (
 from ..attention.joint import LAYOUT_RULES, LAYOUT_SOURCE_QK, JointPromptToPrompt, LayoutInjection
 from .errors import InvEditInputError
 
+JOINT_MAP_DOWNSAMPLE = 2
+"""Flux, Chroma, SD3 and Qwen-Image patch the latent 2x2: their word maps are the latent / 2."""
 MODE_SWAP = "word swap"
 MODE_REFINE = "refine"
 MODE_REWEIGHT = "reweight"
@@ -309,17 +311,18 @@ class EditPlan:
         return PromptToPrompt(self.edits, self_injection=self.self_injection, local_blend=local_blend,
                               map_store=map_store)
 
-    def joint_controller(self) -> JointPromptToPrompt:
+    def joint_controller(self, map_store: Optional[CrossMapStore] = None) -> JointPromptToPrompt:
         """A fresh controller for the joint attention of a flow transformer (one sampling run).
 
-        Raises:
-            InvEditInputError: the edit asks for LocalBlend, which the joint path does not have yet.
+        LocalBlend reads the blend words' text-query maps over the image patches, which are the latent
+        / :data:`JOINT_MAP_DOWNSAMPLE` in every family (``blend_layer_downsample`` is for UNets).
         """
+        local_blend = None
         if self.blend is not None:
-            raise InvEditInputError(
-                "LocalBlend (blend_words) works on UNets only for now; on this flow transformer clear blend_words and "
-                "connect a mask to P2P Sample / P2P Guider instead: outside it the edit keeps the source exactly.")
-        return JointPromptToPrompt(self.edits, layout=self.layout)
+            local_blend = LocalBlend.from_words(self.prompts, [list(w) for w in self.blend.words],
+                                                start=self.blend.start, threshold=self.blend.threshold,
+                                                layer_downsample=JOINT_MAP_DOWNSAMPLE)
+        return JointPromptToPrompt(self.edits, layout=self.layout, local_blend=local_blend, map_store=map_store)
 
 
 def _cross_edit(mode: str, source: TokenizedPrompt, target: TokenizedPrompt, scales: Mapping[str, float]):

@@ -164,3 +164,16 @@ def test_a_chunk_of_the_wrong_size_is_refused():
     controller = JointPromptToPrompt([swap_edit()], layout=LayoutInjection())
     with pytest.raises(ValueError, match="source followed by one row per edited prompt"):
         controller(q, k, v, context((0,), layout), attend)
+
+
+def test_text_to_image_maps_are_the_words_softmax_over_the_joint_keys_restricted_to_the_image():
+    from invedit.attention.joint import text_to_image_maps
+
+    layout = token_layout(FAMILY_SD3, prompt_tokens=4, image_tokens=IMAGE, register_tokens=2)
+    q, k, _ = qkv(2, layout.text_tokens + IMAGE + REFERENCES, seed=3)
+    maps = text_to_image_maps(q, k, layout)
+    expected = explicit_maps(q, k)[:, :, 2:6, 6:6 + IMAGE].mean(dim=1).transpose(1, 2)  # words 2..5, image keys 6..
+    assert maps.shape == (2, IMAGE, 4)
+    assert torch.allclose(maps.double(), expected, atol=TOLERANCE)
+    # Control: the image queries' maps over the text keys (the UNet's cross-map direction) differ.
+    assert not torch.allclose(maps.double(), explicit_maps(q, k)[:, :, 6:6 + IMAGE, 2:6].mean(dim=1), atol=1e-3)
