@@ -95,12 +95,12 @@ class P2PEditSettings(io.ComfyNode):
                              max=MAX_DOWNSAMPLE,
                              tooltip="LocalBlend reads the layers at latent size / this (4: 16x16 maps of a 512 px "
                                      "SD1.5 image; 2 for the test-bed model)."),
-                io.Combo.Input("layout_rule", options=list(LAYOUT_RULES), default=LAYOUT_SOURCE_QK,
+                io.Combo.Input("layout_rule", options=list(LAYOUT_RULES), default=LAYOUT_SOURCE_QK, optional=True,
                                tooltip="Flow transformers (Flux, SD3.5, Qwen-Image, Chroma): how edited rows keep the "
                                        "source's layout during self_replace. 'source image q, k' (Shin et al. 2025): "
                                        "their image queries and keys are the source's. 'source maps': their image "
                                        "queries take the source's attention maps (word maps as the UNet edit)."),
-                io.String.Input("layout_blocks", default="",
+                io.String.Input("layout_blocks", default="", optional=True,
                                 tooltip="Flow transformers: blocks that keep the layout, e.g. 'double 0-3, single 5'. "
                                         "Empty: every block."),
             ],
