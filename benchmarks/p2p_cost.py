@@ -46,6 +46,16 @@ CFG = 7.5
 CASES = ("plain", "plain (SDPA)", "p2p", "p2p + maps")
 BASELINES = ("plain", "plain (SDPA)")
 MODELS = ("test-bed", "SD1.5 512x512")
+FLUX = "Flux-shaped 1024 + 256 tokens"
+FLUX_CASES = ("plain", "p2p (source image q, k)", "p2p (source maps)")
+FLUX_CFG = 2.0
+FLUX_TEXT_TOKENS = 256
+FLUX_LATENT_SIDE = 64  # 64x64 latent -> 32x32 = 1024 image patches
+FLUX_NETWORK = {  # Flux's head width, RoPE axes and input sizes; 6 heads instead of 24, 1 double + 1 single block
+    "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 768, "context_in_dim": 4096,
+    "hidden_size": 768, "mlp_ratio": 4.0, "num_heads": 6, "depth": 1, "depth_single_blocks": 1,
+    "axes_dim": [16, 56, 56], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": False,
+}
 SOURCE_SD15 = "a photo of a cat sitting on a wooden chair"
 TARGET_SD15 = "a photo of a dog sitting on a wooden chair"
 TIME_GOAL, MEMORY_GOAL = 1.25, 1.1
@@ -108,6 +118,95 @@ def _sd15_inputs(steps: int):
     return model, text_encoder, SOURCE_SD15, TARGET_SD15, negative, record
 
 
+def _flux_inputs(steps: int):
+    """A Flux-shaped model with seeded random weights, a 2-row conditioning and a stand-in INVERSION."""
+    import torch
+
+    import comfy.model_patcher
+    import comfy.supported_models
+    from invedit.inversion import PREDICTION_VELOCITY, InversionConfig, InversionTrajectory
+    from invedit.inversion.process import RECTIFIED_FLOW
+    from invedit.inversion.record import InversionRecord
+    from invedit.nodes.schedules import schedule
+
+    sys.path.insert(0, str(HERE.parent / "tests" / "host"))
+    import tiny_flow_models
+
+    class FluxShaped(comfy.supported_models.FluxSchnell):
+        unet_config = FLUX_NETWORK
+
+    config = FluxShaped(FLUX_NETWORK)
+    config.set_inference_dtype(torch.float32, None)
+    with torch.inference_mode():
+        network = config.get_model({}, device=torch.device("cpu"))
+        tiny_flow_models.init_parameters(network.diffusion_model, 0)
+        network.eval()
+    cpu = torch.device("cpu")
+    model = comfy.model_patcher.ModelPatcher(network, load_device=cpu, offload_device=cpu)
+    generator = torch.Generator().manual_seed(0)
+    context = torch.randn(2, FLUX_TEXT_TOKENS, 4096, generator=generator)
+    conditioning = [[context, {"pooled_output": torch.randn(2, 768, generator=generator)}]]
+    negative = [[torch.randn(1, FLUX_TEXT_TOKENS, 4096, generator=generator),
+                 {"pooled_output": torch.randn(1, 768, generator=generator)}]]
+    sigmas = schedule(model, "simple", steps)
+    shape = (1, 16, FLUX_LATENT_SIDE, FLUX_LATENT_SIDE)
+    latents = torch.zeros(steps + 1, *shape)
+    latents[-1] = torch.randn(shape, generator=generator)
+    config = InversionConfig(prediction_type=PREDICTION_VELOCITY, process=RECTIFIED_FLOW.name)
+    record = InversionRecord(InversionTrajectory(sigmas.flip(0), latents, 0, config), sigmas)
+    return model, conditioning, negative, record
+
+
+def run_flux_case(case: str, steps: int, repeats: int) -> dict:
+    """Time ``repeats`` 2-row samplings of one case on the Flux-shaped model; peak memory of the last."""
+    import torch
+
+    import comfy.samplers
+    from invedit.attention import CrossSchedule, PromptEdit
+    from invedit.attention.joint import LAYOUT_SOURCE_MAPS, LAYOUT_SOURCE_QK, JointPromptToPrompt, LayoutInjection
+    from invedit.nodes.attention_patches import P2PGuider
+    from invedit.nodes.sampling import inversion_noise_latent, replay_sampler
+
+    model, conditioning, negative, record = _flux_inputs(steps)
+    noise_raw = inversion_noise_latent(model, record).expand(2, -1, -1, -1).clone()
+
+    def guider():
+        if case == "plain":
+            plain = comfy.samplers.CFGGuider(model)
+            plain.set_conds(conditioning, negative)
+            plain.set_cfg(FLUX_CFG)
+            return plain
+        rule = LAYOUT_SOURCE_QK if "q, k" in case else LAYOUT_SOURCE_MAPS
+        controller = JointPromptToPrompt([PromptEdit(None, CrossSchedule())], layout=LayoutInjection(rule))
+        return P2PGuider(model, record, conditioning, controller, negative, FLUX_CFG)
+
+    return _timed(FLUX, case, guider, noise_raw, record, replay_sampler(), steps, repeats, clock=time.process_time)
+
+
+def _timed(model_name, case, guider, noise_raw, record, sampler, steps, repeats, clock=time.perf_counter) -> dict:
+    """Per-step time (``clock``: wall time, or the process's CPU time where other jobs share the CPU) and peak RSS."""
+    import torch
+
+    step_times, peaks, increases = [], [], []
+    for _ in range(repeats):
+        stamps = []
+        sampling_guider = guider()
+        before = _status_kib("VmRSS")
+        _reset_peak()
+        start = clock()
+        with torch.inference_mode():
+            sampling_guider.sample(torch.zeros_like(noise_raw), noise_raw, sampler, record.sampling_sigmas,
+                                   callback=lambda *args: stamps.append(clock()), disable_pbar=True, seed=0)
+        peak = _status_kib("VmHWM")
+        per_step = [b - a for a, b in zip(stamps, stamps[1:])]
+        step_times.append(statistics.mean(per_step) if per_step else stamps[0] - start)
+        peaks.append(peak)
+        increases.append(peak - before)
+    return {"model": model_name, "case": case, "seconds_per_step": statistics.median(step_times),
+            "peak_kib": max(peaks), "increase_kib": max(increases), "steps": steps, "repeats": repeats,
+            "threads": torch.get_num_threads()}
+
+
 def sdpa_model(model):
     """A clone whose every attention layer is ComfyUI's PyTorch (SDPA) attention."""
     import comfy.ldm.modules.attention as comfy_attention
@@ -152,25 +251,7 @@ def run_case(model_name: str, case: str, steps: int, repeats: int) -> dict:
         store = CrossMapStore() if case == "p2p + maps" else None
         return P2PGuider(model, record, edit.conditioning, edit.controller(store), negative, CFG)
 
-    step_times, peaks, increases = [], [], []
-    for _ in range(repeats):
-        stamps = []
-        sampling_guider = guider()
-        before = _status_kib("VmRSS")
-        _reset_peak()
-        start = time.perf_counter()
-        with torch.inference_mode():
-            sampling_guider.sample(torch.zeros_like(noise_raw), noise_raw, sampler, record.sampling_sigmas,
-                                   callback=lambda *args: stamps.append(time.perf_counter()), disable_pbar=True,
-                                   seed=0)
-        peak = _status_kib("VmHWM")
-        per_step = [b - a for a, b in zip(stamps, stamps[1:])]
-        step_times.append(statistics.mean(per_step) if per_step else stamps[0] - start)
-        peaks.append(peak)
-        increases.append(peak - before)
-    return {"model": model_name, "case": case, "seconds_per_step": statistics.median(step_times),
-            "peak_kib": max(peaks), "increase_kib": max(increases), "steps": steps, "repeats": repeats,
-            "threads": torch.get_num_threads()}
+    return _timed(model_name, case, guider, noise_raw, record, sampler, steps, repeats)
 
 
 def _child(args) -> None:
@@ -181,7 +262,9 @@ def _child(args) -> None:
 
     boot_with_pack("invedit-p2p-bench-")
     model_name, case = args.case.split(":", 1)
-    print("RESULT " + json.dumps(run_case(model_name, case, args.steps, args.repeats)), flush=True)
+    run = run_flux_case(case, args.steps, args.repeats) if model_name == FLUX else run_case(
+        model_name, case, args.steps, args.repeats)
+    print("RESULT " + json.dumps(run), flush=True)
 
 
 def _spawn(model_name: str, case: str, steps: int, repeats: int, threads: int) -> dict:
@@ -198,15 +281,30 @@ def _spawn(model_name: str, case: str, steps: int, repeats: int, threads: int) -
 def _table(results: list[dict]) -> list[str]:
     rows = ["| model | case | s / step | vs plain | vs plain (SDPA) | peak RSS (MiB) | vs plain | vs plain (SDPA) "
             "| sampling's own (MiB) |", "|---|---|---|---|---|---|---|---|---|"]
+    missing = " | -"
     for model_name in dict.fromkeys(r["model"] for r in results):
         group = [r for r in results if r["model"] == model_name]
-        bases = [next(r for r in group if r["case"] == name) for name in BASELINES]
+        bases = [r for name in BASELINES for r in group if r["case"] == name]
         for r in group:
             time_ratios = " | ".join(f"{r['seconds_per_step'] / b['seconds_per_step']:.2f}" for b in bases)
             memory_ratios = " | ".join(f"{r['peak_kib'] / b['peak_kib']:.3f}" for b in bases)
+            if len(bases) == 1:  # the Flux-shaped model's plain case already uses the same kernel as P2P
+                time_ratios, memory_ratios = time_ratios + missing, memory_ratios + missing
             rows.append(f"| {model_name} | {r['case']} | {r['seconds_per_step']:.4f} | {time_ratios} | "
                         f"{r['peak_kib'] / KIB:.0f} | {memory_ratios} | {r['increase_kib'] / KIB:.0f} |")
     return rows
+
+
+def notes_flux(args) -> list[str]:
+    return [f"{FLUX}: ComfyUI's Flux class with Flux's heads of 128 (RoPE axes 16/56/56), T5 and CLIP-L input "
+            f"sizes and token counts, but 6 heads (768 wide, Flux: 24, 3072) and 1 double + 1 single block (a CPU "
+            f"budget; attention is a larger share of the cost than in Flux, so the ratios are upper bounds), seeded "
+            f"random weights, float32; "
+            f"{args.flux_steps} steps, cfg {FLUX_CFG}, 2 rows, 1 run, {args.threads} thread(s); time is the process's "
+            "CPU time per step (the machine's CPUs were shared with other jobs, which made wall time swing 3x). "
+            "'plain' is ComfyUI's "
+            "CFGGuider with ComfyUI's own attention function, which the P2P override calls too (the same kernel). "
+            "The P2P rows keep the layout in every block over the first half of the steps."]
 
 
 def main() -> None:
@@ -215,16 +313,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per SD1.5 case (the test-bed does 5)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--testbed-only", action="store_true")
+    parser.add_argument("--flux-only", action="store_true", help="only the Flux-shaped joint-attention rows")
+    parser.add_argument("--flux-steps", type=int, default=3, help="steps of the Flux-shaped cases")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
         _child(args)
         return
     results = []
-    for model_name in MODELS[:1] if args.testbed_only else MODELS:
+    unet_models = [] if args.flux_only else MODELS[:1] if args.testbed_only else MODELS
+    for model_name in unet_models:
         steps, repeats = (50, 5) if model_name == "test-bed" else (args.steps, args.repeats)
         for case in CASES:
             results.append(_spawn(model_name, case, steps, repeats, args.threads))
+            print(json.dumps(results[-1]), flush=True)
+    if not args.testbed_only:
+        for case in FLUX_CASES:
+            results.append(_spawn(FLUX, case, args.flux_steps, 1, args.threads))
             print(json.dumps(results[-1]), flush=True)
     table = _table(results)
     notes = [
@@ -238,7 +343,14 @@ def main() -> None:
         "",
         *table,
     ]
+    notes += ["", *notes_flux(args)]
     print("\n".join(table))
+    if args.flux_only and RESULTS.exists():  # keep the UNet rows measured before
+        previous = RESULTS.read_text().splitlines()
+        notes = [line for line in previous if not line.startswith(f"| {FLUX}") and not line.startswith(FLUX)]
+        while notes and not notes[-1].strip():
+            notes.pop()
+        notes += [row for row in table if row.startswith(f"| {FLUX}")] + ["", *notes_flux(args)]
     RESULTS.write_text("\n".join(notes) + "\n")
 
 

@@ -198,6 +198,37 @@ def edit_rows(model, text_encoder, record, source: str, targets: list[str], sett
                                        record.sampling_sigmas, preview=False)
 
 
+FIGURES = ("error vs image", "error vs source row", "swapped digit changed", "other digit kept")
+TABLE_COLUMNS = ["error vs image", "error vs source row", "plain / this", "swapped digit changed", "other digit kept"]
+
+
+def add_swap_figures(figures: dict, image, source_row, edited, targets: list[str], predict) -> None:
+    """Append one canvas's figures (each of :data:`FIGURES`) for its edited rows, one swapped side each."""
+    from invedit.testbed import data, vocabulary
+
+    digit = data.DIGIT_SIZE
+    half = lambda canvas, side: canvas[..., side * digit:(side + 1) * digit]  # noqa: E731
+    sides = (vocabulary.LEFT_WORD_POSITION, vocabulary.RIGHT_WORD_POSITION)
+    source_labels = predict(image)[0]
+    for side, (target, position) in enumerate(zip(targets, sides)):
+        other, row = 1 - side, edited[side:side + 1]
+        labels = predict(row)[0]
+        new_digit = vocabulary.DIGIT_WORDS.index(target.split()[position])
+        figures["error vs image"].append(float((half(row, other) - half(image, other)).abs().mean()))
+        figures["error vs source row"].append(float((half(row, other) - half(source_row, other)).abs().mean()))
+        figures["swapped digit changed"].append(float(int(labels[side]) == new_digit))
+        figures["other digit kept"].append(float(int(labels[other]) == int(source_labels[other])))
+
+
+def table_lines(rows: dict) -> list[str]:
+    """The Markdown table of every setting's :data:`TABLE_COLUMNS`."""
+    lines = ["| setting | " + " | ".join(TABLE_COLUMNS) + " |", "|---|" + "---|" * len(TABLE_COLUMNS)]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.3f}" if "error" in c else f"{row[c]:.2f}"
+                                                   for c in TABLE_COLUMNS) + " |")
+    return lines
+
+
 def measure(nodes_map, count: int, seed: int) -> tuple[dict, dict]:
     """``({setting: {figure: value}}, facts)`` over ``2 * count`` swaps of ``count`` held-out canvases."""
     from invedit.testbed import classifier, data, vocabulary
@@ -214,13 +245,11 @@ def measure(nodes_map, count: int, seed: int) -> tuple[dict, dict]:
     record = nodes_map["InvEditNullTextInversion"].execute(model=model, inversion=record, **NULL_TEXT).result[0]
     facts = {"null-text s": time.perf_counter() - started}
     predict = classifier.training_split_classifier().predict_canvases
-    digit = data.DIGIT_SIZE
-    half = lambda canvas, side: canvas[..., side * digit:(side + 1) * digit]  # noqa: E731
     sides = (vocabulary.LEFT_WORD_POSITION, vocabulary.RIGHT_WORD_POSITION)
     rows = {}
     for name, setting in SETTINGS.items():
         started = time.perf_counter()
-        figures = {"error vs image": [], "error vs source row": [], "swapped digit changed": [], "other digit kept": []}
+        figures = {key: [] for key in FIGURES}
         for index, prompt in enumerate(prompts):
             single = one_image(record, index)
             targets = [swapped(prompt, position) for position in sides]
@@ -232,16 +261,7 @@ def measure(nodes_map, count: int, seed: int) -> tuple[dict, dict]:
             else:
                 result = edit_rows(model, text_encoder, single, prompt, targets, setting)
                 source_row, edited = result[:1], result[1:]
-            image = canvases[index:index + 1]
-            source_labels = predict(image)[0]
-            for side, (target, position) in enumerate(zip(targets, sides)):
-                other, row = 1 - side, edited[side:side + 1]
-                labels = predict(row)[0]
-                new_digit = vocabulary.DIGIT_WORDS.index(target.split()[position])
-                figures["error vs image"].append(float((half(row, other) - half(image, other)).abs().mean()))
-                figures["error vs source row"].append(float((half(row, other) - half(source_row, other)).abs().mean()))
-                figures["swapped digit changed"].append(float(int(labels[side]) == new_digit))
-                figures["other digit kept"].append(float(int(labels[other]) == int(source_labels[other])))
+            add_swap_figures(figures, canvases[index:index + 1], source_row, edited, targets, predict)
         rows[name] = {key: sum(values) / len(values) for key, values in figures.items()}
         rows[name]["s"] = time.perf_counter() - started
         print(f"{name}: {rows[name]}", flush=True)
@@ -251,7 +271,6 @@ def measure(nodes_map, count: int, seed: int) -> tuple[dict, dict]:
 
 
 def markdown(rows: dict, facts: dict, count: int, seed: int) -> str:
-    columns = ["error vs image", "error vs source row", "plain / this", "swapped digit changed", "other digit kept"]
     lines = [
         f"Prompt-to-Prompt word swap on the test-bed: {count} held-out canvases (seed {seed}), {2 * count} swaps "
         f"(each digit word for the digit {SWAP_OFFSET} further on), null-text inversion at guidance {CFG:g}, "
@@ -259,11 +278,8 @@ def markdown(rows: dict, facts: dict, count: int, seed: int) -> str:
         "[-1, 1] canvas; 'plain / this': the plain regeneration's error over the setting's; rates: the test-bed "
         "classifier. 'self' = self-attention injection window, 'cross' = cross-attention replace window "
         "(fractions of the steps from the start). Diagnostic rows are not P2P settings (see the script's docstring).",
-        "", "| setting | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns),
+        "", *table_lines(rows),
     ]
-    for name, row in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.3f}" if "error" in c else f"{row[c]:.2f}"
-                                                   for c in columns) + " |")
     return "\n".join(lines)
 
 

@@ -163,7 +163,7 @@ def sample_with_noises(denoise: Denoise, sigmas: torch.Tensor, noises: torch.Ten
         x0_pred = denoise(x, sigma.expand(x.shape[0]))
         x = posterior_mean(x, x0_pred, sigma, sigma_next) + noise_scale(sigma, sigma_next) * noises[i]
         if mask is not None:
-            x = keep_outside(mask, x, kept_states[i + 1])
+            x = keep_outside(kept_states[i + 1], x, mask)
         if on_step is not None:
             on_step({"i": i, "x": x, "denoised": x0_pred, "sigma": sigma})
     return x

@@ -157,7 +157,9 @@ def flowedit(denoise_pair: PairDenoise, denoise_target: TargetDenoise, sigmas: t
         if steps - i > settings.n_min:
             delta = sum(velocity_difference(denoise_pair, z_edit, x_src, draw_noise(), sigma)
                         for _ in range(settings.n_avg)) / settings.n_avg
-            z_edit = keep_outside(mask, euler_step(z_edit, delta, sigma, sigma_next), x_src)
+            z_edit = euler_step(z_edit, delta, sigma, sigma_next)
+            if mask is not None:  # outside the mask: the source itself
+                z_edit = keep_outside(x_src, z_edit, mask)
             current = z_edit
         else:
             if x_plain is None:
@@ -166,7 +168,7 @@ def flowedit(denoise_pair: PairDenoise, denoise_target: TargetDenoise, sigmas: t
             x0_tar = denoise_target(x_plain, sigma.expand(x_src.shape[0]))
             x_plain = euler_step(x_plain, ode_slope(x_plain, x0_tar, sigma), sigma, sigma_next)
             if mask is not None:  # outside the mask: the source on the same noise
-                x_plain = keep_outside(mask, x_plain, RECTIFIED_FLOW.diffuse(x_src, plain_noise, sigma_next))
+                x_plain = keep_outside(RECTIFIED_FLOW.diffuse(x_src, plain_noise, sigma_next), x_plain, mask)
             current = x_plain
         if on_step is not None:
             on_step({"i": i, "x": current, "denoised": current, "sigma": sigma})

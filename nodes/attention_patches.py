@@ -16,7 +16,8 @@ Inversion", arXiv 2310.01506).
   INVERSION: its unconditioning (null-text per-step contexts, negative-prompt) comes from
   :class:`~.unconditioning.InversionGuider`; LocalBlend and direct inversion's source pin act on
   the state after each step through the guider's denoised output (:func:`denoised_landing_on`),
-  which is exact for one-evaluation-per-step samplers (ddim, euler, InvEdit Replay Sampler).
+  which is exact for one-evaluation-per-step samplers (ddim, euler, InvEdit Replay Sampler); so
+  does a user's mask, applied last (outside it the edited rows equal the source row).
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ import torch
 import comfy.ldm.modules.attention as comfy_attention
 
 from ..attention import AttentionContext, AttentionSite, PromptToPrompt
+from ..attention.joint import JointPromptToPrompt
 from ..inversion import SourcePin
+from ..inversion.masks import keep_outside
 from ..inversion.null_text import REFERENCE_GUIDANCE
-from ..inversion.steps import denoised_landing_on, denoising_step
 from .checks import check_unet_attention
 from .errors import InvEditInputError
 from .guiders import InversionGuider
@@ -219,16 +221,26 @@ class P2PGuider(InversionGuider):
         controller: the P2P controller for ``E`` edits.
         negative: unconditional prompt when the INVERSION carries no unconditioning.
         cfg: guidance scale.
+        mask: ``[1 or E, 1, H, W]`` latent-size feathered mask (:func:`.masks.edit_mask`), or None:
+            outside it the edited rows equal the source row after every step.
     """
 
-    def __init__(self, model, record, positive, controller: PromptToPrompt, negative=None, cfg: float = REFERENCE_GUIDANCE):
-        check_unet_attention(model, "Prompt-to-Prompt")
+    def __init__(self, model, record, positive, controller: PromptToPrompt | JointPromptToPrompt, negative=None, cfg: float = REFERENCE_GUIDANCE,
+                 mask: Optional[torch.Tensor] = None):
         self.rows = 1 + len(controller.edits)
         _check_single_image(record)
-        self.run = EditRun(controller, record.sampling_sigmas)
+        if isinstance(controller, JointPromptToPrompt):
+            from .dit_patches import JointEditRun, dit_patched_model  # it builds on EditRun, defined here
+
+            self.run = JointEditRun(controller, record.sampling_sigmas)
+            patched = dit_patched_model(model, self.run)
+        else:
+            check_unet_attention(model, "Prompt-to-Prompt")
+            self.run = EditRun(controller, record.sampling_sigmas)
+            patched = patched_model(model, self.run)
         pin = SourcePin(record.step_targets(), (0,)) if record.pin_source else None
         self.hook = StepHook(controller, pin)
-        super().__init__(patched_model(model, self.run), record, positive, negative, cfg)
+        super().__init__(patched, record, positive, negative, cfg, mask)
 
     def _batch(self, latent: torch.Tensor, what: str) -> torch.Tensor:
         if latent.shape[0] == self.rows:
@@ -250,12 +262,26 @@ class P2PGuider(InversionGuider):
         return super().sample(self._batch(noise, "noise"), self._batch(latent_image, "latent"), sampler, sigmas,
                               *args, **kwargs)
 
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
-        denoised = super().predict_noise(x, timestep, model_options, seed)
-        if not self.hook.active:
-            return denoised
-        step = self.run.step_of(timestep)
-        sigma, sigma_next = self.run.sampling_sigmas[step], self.run.sampling_sigmas[step + 1]
-        x_next = denoising_step(x, denoised, sigma.to(x), sigma_next.to(x))
+    def check_mask_rows(self, rows: int) -> None:
+        """Refuse a mask batch that is neither one mask nor one per edited row."""
+        if self.mask is not None and self.mask.shape[0] not in (1, self.rows - 1):
+            raise InvEditInputError(
+                f"{self.mask.shape[0]} masks for {self.rows - 1} edited prompt(s): give one mask for all edits, or "
+                "one per edited prompt, in order.")
+
+    @property
+    def steers(self) -> bool:
+        return self.hook.active or self.mask is not None
+
+    def state_after_step(self, step: int, x_next: torch.Tensor) -> torch.Tensor:
+        """Source pin, then LocalBlend, then the mask: edited rows equal the source row outside it.
+
+        The mask multiplies LocalBlend's (the edit changes only where both allow it): the mask is the
+        user's guarantee, LocalBlend narrows the edit inside it.
+        """
         wanted = self.hook(step, self.run.n_steps, x_next)
-        return denoised_landing_on(x, denoised, float(sigma), float(sigma_next), x_next, wanted)
+        if self.mask is None:
+            return wanted
+        kept = wanted.clone()
+        kept[1:] = keep_outside(wanted[:1], wanted[1:], self.mask)
+        return kept

@@ -20,7 +20,7 @@ from ..inversion import InversionConfig, InversionTrajectory
 from ..inversion.ddpm_noise import check_ddpm_process, extract_noises, independent_states, sample_with_noises
 from ..inversion.record import InversionRecord, tensor_sha256
 from .checks import check_inversion_model, check_latent
-from .edit_masks import feathered_latent_mask, mask_inputs
+from .masks import edit_mask, mask_inputs
 from .errors import InvEditInputError
 from .fingerprint import model_fingerprint
 from .model_info import diffusion_process, prediction_type
@@ -87,7 +87,7 @@ def edit_with_noises_loop(run: SamplerRun, record: InversionRecord, skip: int, m
                                 f"{tuple(states.shape[1:])}: connect the inverted image's latent.")
     if not 0 <= skip < record.steps:
         raise InvEditInputError(f"skip must be below the inversion's {record.steps} steps; got {skip}.")
-    latent_mask = feathered_latent_mask(mask, run.latent.shape, feather)
+    latent_mask = edit_mask(mask, run.latent.shape, run.latent.shape[0], feather, "InvEdit DDPM Edit Sampler")
     if latent_mask is not None:
         latent_mask = latent_mask.to(run.latent.device)
     noises = record.ddpm_noises.to(run.latent.device, run.latent.dtype)

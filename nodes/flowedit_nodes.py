@@ -26,7 +26,7 @@ from comfy_api.latest import io
 from ..inversion.flowedit import (PRESET_CUSTOM, PRESETS, FlowEditPreset, FlowEditSettings, check_flow_process,
                                   flowedit)
 from .checks import check_conditioning, check_latent_shape, image_latent_samples
-from .edit_masks import feathered_latent_mask, mask_inputs
+from .masks import edit_mask, mask_inputs
 from .errors import InvEditInputError
 from .model_info import is_flow_model
 from .sampling import PackSampler, SamplerRun
@@ -120,7 +120,7 @@ def flowedit_loop(run: SamplerRun, settings: FlowEditSettings, seed: int, preset
     def denoise_pair(z_src: torch.Tensor, z_tar: torch.Tensor, sigma: torch.Tensor):
         return guider.source_denoised(z_src, sigma, options, call_seed), run.denoise(z_tar, sigma)
 
-    latent_mask = feathered_latent_mask(mask, source.shape, feather)
+    latent_mask = edit_mask(mask, source.shape, source.shape[0], feather, "InvEdit FlowEdit Sampler")
     if latent_mask is not None:
         latent_mask = latent_mask.to(source.device)
     return flowedit(denoise_pair, run.denoise, run.sigmas, source, settings, draw_noise, run.on_step, latent_mask)

@@ -19,9 +19,13 @@ from ..attention import (
     SELF_MAX_QUERY_POSITIONS_NULL_TEXT,
     CrossMapStore,
 )
+from ..attention.joint import LAYOUT_RULES, LAYOUT_SOURCE_QK
+from ..inversion.masks import DEFAULT_FEATHER
 from ..inversion.null_text import REFERENCE_GUIDANCE
 from .attention_patches import P2PGuider
 from .errors import InvEditInputError
+from .masks import edit_mask, mask_inputs
+from .model_info import is_flow_model
 from .p2p_prompts import MODE_SWAP, MODES, build_edit_plan
 from .sampling import inversion_noise_latent, replay_sampler, sample_with_guider
 from .sockets import CATEGORY_EDITING, MAX_CFG, AttentionMapsType, Inversion, P2PEdit, TestbedText
@@ -91,6 +95,14 @@ class P2PEditSettings(io.ComfyNode):
                              max=MAX_DOWNSAMPLE,
                              tooltip="LocalBlend reads the layers at latent size / this (4: 16x16 maps of a 512 px "
                                      "SD1.5 image; 2 for the test-bed model)."),
+                io.Combo.Input("layout_rule", options=list(LAYOUT_RULES), default=LAYOUT_SOURCE_QK, optional=True,
+                               tooltip="Flow transformers (Flux, SD3.5, Qwen-Image, Chroma): how edited rows keep the "
+                                       "source's layout during self_replace. 'source image q, k' (Shin et al. 2025): "
+                                       "their image queries and keys are the source's. 'source maps': their image "
+                                       "queries take the source's attention maps (word maps as the UNet edit)."),
+                io.String.Input("layout_blocks", default="", optional=True,
+                                tooltip="Flow transformers: blocks that keep the layout, e.g. 'double 0-3, single 5'. "
+                                        "Empty: every block."),
             ],
             outputs=[P2PEdit.Output(display_name="edit",
                                     tooltip="Prompts, per-row conditioning and edit settings.")],
@@ -99,10 +111,11 @@ class P2PEditSettings(io.ComfyNode):
     @classmethod
     def execute(cls, text_encoder, source_prompt, edited_prompts, mode, cross_replace, self_replace, self_max_pixels,
                 word_windows, reweight, blend_words, blend_start, blend_threshold,
-                blend_layer_downsample) -> io.NodeOutput:
+                blend_layer_downsample, layout_rule=LAYOUT_SOURCE_QK, layout_blocks="") -> io.NodeOutput:
         return io.NodeOutput(build_edit_plan(
             text_encoder, source_prompt, edited_prompts, mode, cross_replace, self_replace, self_max_pixels,
-            word_windows, reweight, blend_words, blend_start, blend_threshold, blend_layer_downsample))
+            word_windows, reweight, blend_words, blend_start, blend_threshold, blend_layer_downsample, layout_rule,
+            layout_blocks))
 
 
 def _edit_inputs() -> list:
@@ -114,6 +127,16 @@ def _edit_inputs() -> list:
         io.Float.Input("cfg", default=REFERENCE_GUIDANCE, min=0.0, max=MAX_CFG, step=0.1, round=0.01,
                        tooltip="Guidance; with null-text, the guidance its embeddings were optimised for."),
     ]
+
+
+def controller_for(model, edit, store=None):
+    """The edit's controller for this model: cross attention (UNets) or joint attention (flow transformers)."""
+    return edit.joint_controller(store) if is_flow_model(model) else edit.controller(store)
+
+
+def p2p_mask(mask, inversion, edit, feather: int, what: str):
+    """The feathered latent-size mask of a P2P edit (one for all edited prompts, or one per edit), or None."""
+    return edit_mask(mask, inversion.trajectory.noise.shape, len(edit.prompts) - 1, feather, what)
 
 
 def _negative_input() -> io.Conditioning.Input:
@@ -135,7 +158,7 @@ class P2PSample(io.ComfyNode):
                 "Prompt-to-Prompt edit of an inverted image: replays the inversion's schedule with deterministic DDIM "
                 "for the source row and one row per edited prompt in one batch; edited rows take the source's "
                 "attention maps. The source row is the reconstruction; with direct inversion it is pinned to the "
-                "image. Also returns the cross-attention maps of every word."
+                "image. With a mask, edited rows equal the source row outside it. Also returns the cross-attention maps of every word."
             ),
             inputs=[
                 *_edit_inputs(),
@@ -143,6 +166,7 @@ class P2PSample(io.ComfyNode):
                              tooltip="Most memory (MiB) for the stored cross-attention maps shown by InvEdit P2P "
                                      "Attention Maps; layers beyond it are not stored. 0 stores none."),
                 _negative_input(),
+                *mask_inputs(),
             ],
             outputs=[
                 io.Latent.Output(display_name="source", tooltip="The source row (the reconstruction)."),
@@ -153,10 +177,12 @@ class P2PSample(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, inversion, edit, cfg, map_budget_mib, negative=None) -> io.NodeOutput:
+    def execute(cls, model, inversion, edit, cfg, map_budget_mib, negative=None, mask=None,
+                mask_feather=DEFAULT_FEATHER) -> io.NodeOutput:
         noise_raw = inversion_noise_latent(model, inversion)
         store = CrossMapStore(max_bytes=map_budget_mib * MEBIBYTE) if map_budget_mib > 0 else None
-        guider = P2PGuider(model, inversion, edit.conditioning, edit.controller(store), negative, cfg)
+        guider = P2PGuider(model, inversion, edit.conditioning, controller_for(model, edit, store), negative, cfg,
+                           p2p_mask(mask, inversion, edit, mask_feather, "InvEdit P2P Sample"))
         samples = sample_with_guider(guider, noise_raw, replay_sampler(), inversion.sampling_sigmas)
         maps = AttentionMaps.from_store(store if store is not None else CrossMapStore(0), edit.prompts,
                                         noise_raw.shape[-2:])
@@ -176,15 +202,17 @@ class P2PGuiderNode(io.ComfyNode):
                 "Prompt-to-Prompt edit as a GUIDER for SamplerCustomAdvanced: connect Disable Noise, the inversion's "
                 "SIGMAS, its noise LATENT and a deterministic sampler (ddim, euler, InvEdit Replay Sampler). The "
                 "output batch is the source row followed by one row per edited prompt. LocalBlend and direct "
-                "inversion act on each step's result and are exact with one model call per step."
+                "inversion act on each step's result and are exact with one model call per step; so does the mask "
+                "(outside it, edited rows equal the source row)."
             ),
-            inputs=[*_edit_inputs(), _negative_input()],
+            inputs=[*_edit_inputs(), _negative_input(), *mask_inputs()],
             outputs=[io.Guider.Output()],
         )
 
     @classmethod
-    def execute(cls, model, inversion, edit, cfg, negative=None) -> io.NodeOutput:
-        return io.NodeOutput(P2PGuider(model, inversion, edit.conditioning, edit.controller(), negative, cfg))
+    def execute(cls, model, inversion, edit, cfg, negative=None, mask=None, mask_feather=DEFAULT_FEATHER) -> io.NodeOutput:
+        return io.NodeOutput(P2PGuider(model, inversion, edit.conditioning, controller_for(model, edit), negative, cfg,
+                                       p2p_mask(mask, inversion, edit, mask_feather, "InvEdit P2P Guider")))
 
 
 class P2PAttentionMaps(io.ComfyNode):
@@ -215,6 +243,9 @@ class P2PAttentionMaps(io.ComfyNode):
 
     @classmethod
     def execute(cls, maps: AttentionMaps, layer_downsample, cell_height, labels) -> io.NodeOutput:
+        if not maps.sizes():
+            raise InvEditInputError(
+                "No attention maps were stored: raise InvEdit P2P Sample's map_budget_mib above 0.")
         aggregated = maps.aggregate(layer_downsample)
         if aggregated is None:
             sizes = ", ".join(f"{h}x{w}" for h, w in maps.sizes()) or "none"

@@ -32,8 +32,11 @@ from ..attention import (
     TokenizedPrompt,
     WordSwap,
 )
+from ..attention.joint import LAYOUT_RULES, LAYOUT_SOURCE_QK, JointPromptToPrompt, LayoutInjection
 from .errors import InvEditInputError
 
+JOINT_MAP_DOWNSAMPLE = 2
+"""Flux, Chroma, SD3 and Qwen-Image patch the latent 2x2: their word maps are the latent / 2."""
 MODE_SWAP = "word swap"
 MODE_REFINE = "refine"
 MODE_REWEIGHT = "reweight"
@@ -81,7 +84,9 @@ def encode_testbed(text_encoder, text: str) -> EncodedPrompt:
         prompt = TokenizedPrompt.from_pieces(text, token_ids, pieces)
     except PromptEditError as error:
         raise _edit_error(error) from error
-    return EncodedPrompt(prompt, context.detach().float().cpu(), {})
+    context = context.detach().float().cpu()
+    pool = getattr(text_encoder, "pool", None)  # the flow test-bed's encoder adds Flux's pooled vector
+    return EncodedPrompt(prompt, context, {} if pool is None else {"pooled_output": pool(context)})
 
 
 def _clip_piece(clip, token: int) -> str:
@@ -217,6 +222,30 @@ def parse_windows(text: str) -> dict[str, tuple[float, float]]:
     return windows
 
 
+BLOCK_KINDS = {"double": "double_block", "single": "single_block"}
+ALL_BLOCKS = ""
+
+
+def parse_blocks(text: str) -> Optional[frozenset[tuple[str, int]]]:
+    """``"double 0-3, single 5"`` -> joint-attention block keys (``""``: every block, None)."""
+    if not text.strip():
+        return None
+    keys = set()
+    for part in text.split(","):
+        kind, _, indices = part.strip().partition(" ")
+        start, sep, end = indices.strip().partition("-")
+        try:
+            first, last = int(start), int(end) if sep else int(start)
+        except ValueError:
+            first, last = -1, -1
+        if kind not in BLOCK_KINDS or not 0 <= first <= last:
+            raise InvEditInputError(
+                f"Layout blocks are 'double' or 'single' with an index or a range, separated by commas (e.g. "
+                f"'double 0-3, single 5'); empty means every block. Could not read {part.strip()!r}.")
+        keys.update((BLOCK_KINDS[kind], index) for index in range(first, last + 1))
+    return frozenset(keys)
+
+
 def parse_blend_words(text: str, rows: int) -> Optional[list[list[str]]]:
     """``"cat; tiger"`` -> blend words per prompt (source first); one group applies to every prompt."""
     if not text.strip():
@@ -265,6 +294,7 @@ class EditPlan:
     self_injection: Optional[SelfInjection]
     blend: Optional[BlendSettings]
     settings: dict[str, Any] = field(default_factory=dict)
+    layout: Optional[LayoutInjection] = None
 
     @property
     def rows(self) -> int:
@@ -280,6 +310,19 @@ class EditPlan:
                                                 layer_downsample=self.blend.layer_downsample)
         return PromptToPrompt(self.edits, self_injection=self.self_injection, local_blend=local_blend,
                               map_store=map_store)
+
+    def joint_controller(self, map_store: Optional[CrossMapStore] = None) -> JointPromptToPrompt:
+        """A fresh controller for the joint attention of a flow transformer (one sampling run).
+
+        LocalBlend reads the blend words' text-query maps over the image patches, which are the latent
+        / :data:`JOINT_MAP_DOWNSAMPLE` in every family (``blend_layer_downsample`` is for UNets).
+        """
+        local_blend = None
+        if self.blend is not None:
+            local_blend = LocalBlend.from_words(self.prompts, [list(w) for w in self.blend.words],
+                                                start=self.blend.start, threshold=self.blend.threshold,
+                                                layer_downsample=JOINT_MAP_DOWNSAMPLE)
+        return JointPromptToPrompt(self.edits, layout=self.layout, local_blend=local_blend, map_store=map_store)
 
 
 def _cross_edit(mode: str, source: TokenizedPrompt, target: TokenizedPrompt, scales: Mapping[str, float]):
@@ -299,7 +342,8 @@ def _cross_edit(mode: str, source: TokenizedPrompt, target: TokenizedPrompt, sca
 def build_edit_plan(text_encoder, source_prompt: str, target_prompts: str, mode: str, cross_replace: float,
                     self_replace: float, self_max_queries: int, word_windows: str = "", reweight: str = "",
                     blend_words: str = "", blend_start: float = 0.2, blend_threshold: float = 0.3,
-                    blend_layer_downsample: int = 4) -> EditPlan:
+                    blend_layer_downsample: int = 4, layout_rule: str = LAYOUT_SOURCE_QK,
+                    layout_blocks: str = ALL_BLOCKS) -> EditPlan:
     """An :class:`EditPlan` from the edit node's inputs (see the node's tooltips).
 
     Raises:
@@ -326,13 +370,17 @@ def build_edit_plan(text_encoder, source_prompt: str, target_prompts: str, mode:
             LocalBlend.from_words([e.prompt for e in encoded], groups)  # checks the words now, not while sampling
     except PromptEditError as error:
         raise _edit_error(error) from error
-    self_injection = None
+    self_injection, layout = None, None
+    if layout_rule not in LAYOUT_RULES:
+        raise InvEditInputError(f"Unknown layout rule {layout_rule!r}; pick one of {LAYOUT_RULES}.")
     if self_replace > 0.0:
         self_injection = SelfInjection(StepWindow(0.0, self_replace), self_max_queries)
+        layout = LayoutInjection(layout_rule, StepWindow(0.0, self_replace), parse_blocks(layout_blocks))
     settings = {"source_prompt": source_prompt, "target_prompts": targets, "mode": mode,
                 "cross_replace": cross_replace, "self_replace": self_replace, "self_max_queries": self_max_queries,
                 "word_windows": word_windows, "reweight": reweight, "blend_words": blend_words,
                 "blend_start": blend_start, "blend_threshold": blend_threshold,
-                "blend_layer_downsample": blend_layer_downsample}
+                "blend_layer_downsample": blend_layer_downsample, "layout_rule": layout_rule,
+                "layout_blocks": layout_blocks}
     return EditPlan(tuple(e.prompt for e in encoded), batch_conditioning(encoded), edits, self_injection, blend,
-                    settings)
+                    settings, layout)

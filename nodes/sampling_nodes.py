@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..inversion.masks import DEFAULT_FEATHER
 from ..inversion.null_text import REFERENCE_GUIDANCE
 from ..inversion.record import InversionRecord
 from ..inversion.solvers import SOLVER_EULER, SOLVER_FIREFLOW
 from .checks import check_latent_shape, image_latent_samples
 from .guiders import InversionGuider
+from .masks import edit_mask, mask_inputs
 from .options import inversion_config, inversion_option_inputs
 from .sampling import PackSampler, SamplerRun, inversion_loop, replay_sampler
 from .sockets import CATEGORY_SAMPLING, MAX_CFG, Inversion
@@ -91,7 +93,8 @@ class InversionGuiderNode(io.ComfyNode):
                 "CFG guider for SamplerCustomAdvanced that uses the inversion's null-text embeddings (step by step, "
                 "matched by sigma) or negative-prompt unconditioning. Use the inversion's SIGMAS, Disable Noise, the "
                 "inversion's noise as the latent, and a deterministic sampler (ddim, euler). The prompt may be the "
-                "source (reconstruction) or an edited one (edit); both share the embeddings."
+                "source (reconstruction) or an edited one (edit); both share the embeddings. With a mask, the edit "
+                "changes only the masked region: outside it every step lands on the inversion's recorded trajectory."
             ),
             inputs=[
                 io.Model.Input("model"),
@@ -102,13 +105,17 @@ class InversionGuiderNode(io.ComfyNode):
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="Only used when the inversion has no null-text / negative-prompt "
                                               "unconditioning, and cfg is not 1."),
+                *mask_inputs(),
             ],
             outputs=[io.Guider.Output()],
         )
 
     @classmethod
-    def execute(cls, model, positive, inversion: InversionRecord, cfg, negative=None) -> io.NodeOutput:
-        return io.NodeOutput(InversionGuider(model, inversion, positive, negative, cfg))
+    def execute(cls, model, positive, inversion: InversionRecord, cfg, negative=None, mask=None,
+                mask_feather=DEFAULT_FEATHER) -> io.NodeOutput:
+        noise = inversion.trajectory.noise
+        latent_mask = edit_mask(mask, noise.shape, noise.shape[0], mask_feather, "InvEdit Inversion Guider")
+        return io.NodeOutput(InversionGuider(model, inversion, positive, negative, cfg, latent_mask))
 
 
 NODES = [InversionSampler, ReplaySampler, InversionGuiderNode]

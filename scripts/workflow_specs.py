@@ -1280,3 +1280,103 @@ def ddpm_noise_edit_photo() -> ExampleWorkflow:
         f"source cfg {DDPM_PHOTO_SOURCE_CFG:g}, target cfg {DDPM_PHOTO_TARGET_CFG:g}, skip {DDPM_PHOTO_SKIP}. A "
         "larger skip keeps more of the photo's layout.")
     return ddpm_workflow(workflow, source, reference, reference_shown, parts, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt-to-Prompt on the flow test-bed (joint attention): word swap, reweight, masked edit
+
+FLOW_P2P_STEPS = 25  # the flow test-bed's sampling steps (README, "The test-bed model")
+FLOW_P2P_GUIDANCE = 2.0  # the flow test-bed's recommended cfg
+TESTBED_CANVAS_SIZE = (16, 8)  # width, height of a test-bed canvas (two 8x8 digits side by side)
+FLOW_P2P_SEED = 0  # the held-out canvas "a photo of eight and five", as the UNet twins
+FLOW_P2P_EDITS = {
+    "word_swap": dict(mode="word swap", edited_prompts="a photo of three and five\na photo of eight and zero"),
+    "reweight": dict(mode="reweight", edited_prompts=P2P_TESTBED_SOURCE_PROMPT, reweight="eight: 2.0"),
+    "masked": dict(mode="word swap", edited_prompts="a photo of three and five"),
+}
+FLOW_P2P_CARDS = {
+    "word_swap": ("flow P2P word swap", "Joint-attention P2P on the tiny Flux: 8 -> 3 and 5 -> 0"),
+    "reweight": ("flow P2P reweight", "Joint-attention P2P reweight: the word eight twice as strong"),
+    "masked": ("flow P2P masked edit", "P2P 8 -> 3 inside a mask: the right digit is the reconstruction"),
+}
+FLOW_P2P_TITLES = {"word_swap": "Edits: 8 -> 3, 5 -> 0", "reweight": "Edit: eight x2", "masked": "Edit: 8 -> 3 (masked)"}
+FLOW_P2P_INTRO = (
+    "Runs on InvEdit's shipped flow test-bed (a tiny Flux of ComfyUI's own class; no download): the held-out "
+    f"canvas *{P2P_TESTBED_SOURCE_PROMPT}* (**Held-out digits (source)**, seed {FLOW_P2P_SEED}), Euler-inverted at "
+    f"guidance 1 ({FLOW_P2P_STEPS} steps, the model's own schedule), then edited at cfg {FLOW_P2P_GUIDANCE:g}. Text and "
+    "image tokens attend jointly: **P2P Edit**'s `layout_rule` *source image q, k* (Shin et al. 2025) gives the "
+    "edited rows the source's image queries and keys during `self_replace`, so the layout stays while the image "
+    "reads the edited prompt.")
+FLOW_P2P_NOTES = {
+    "word_swap": "*Word swap*, two edits in one batch: *eight* → *three* (top) and *five* → *zero* (bottom).",
+    "reweight": ("*Reweight*: *eight* x2 (`reweight`, edited prompt = source prompt) scales the word's values in "
+                 "the edited row: bolder strokes on the left digit."),
+    "masked": ("*Masked edit*: *eight* → *three* with a mask over the left digit (**Mask: left digit**): after "
+               "every step the edited row is put back on the source row outside the mask, so the right digit is the "
+               "reconstruction's, to float rounding. Paint a mask on your own image the same way (white = edit)."),
+}
+FLOW_P2P_COMPARE_NOTE = (f"**{COMPARE_CAPTION}**: the source; **Reconstruction**, the source prompt's row of the "
+                         "batch, with its PSNR; the edit.")
+
+
+def left_digit_mask(workflow: ExampleWorkflow) -> list[NodeRef]:
+    """A MASK over the left digit of a canvas: an 8x8 white square on a black 16x8 mask (3 nodes)."""
+    g = workflow.graph
+    canvas = workflow.collapse(workflow.title_node(
+        g.node("SolidMask", value=0.0, width=TESTBED_CANVAS_SIZE[0], height=TESTBED_CANVAS_SIZE[1]), "Black canvas"))
+    square = workflow.collapse(workflow.title_node(
+        g.node("SolidMask", value=1.0, width=TESTBED_CANVAS_SIZE[1], height=TESTBED_CANVAS_SIZE[1]), "White square"))
+    mask = workflow.title_node(g.node("MaskComposite", destination=canvas.out(0), source=square.out(0), x=0, y=0,
+                                      operation="add"), "Mask: left digit")
+    return [canvas, square, mask]
+
+
+def p2p_flow_testbed(edit_name: str) -> ExampleWorkflow:
+    """A held-out canvas Euler-inverted with the flow test-bed and edited with joint-attention P2P."""
+    card, description = FLOW_P2P_CARDS[edit_name]
+    workflow = ExampleWorkflow(Graph(), NO_DOWNLOAD_PREFIX + card, description, f"{card} (test-bed Flux)",
+                               FLOW_P2P_INTRO + "\n\n" + FLOW_P2P_NOTES[edit_name] + "\n\n" + FLOW_P2P_COMPARE_NOTE)
+    g = workflow.graph
+    source = testbed_source(workflow, count=1, seed=FLOW_P2P_SEED, loader_type=FLOW_TESTBED_LOADER)
+    reference, reference_shown = testbed_reference(source)
+    inversion = workflow.title_node(g.node(
+        "InvEditDDIMInversion", model=source.model, positive=source.positive, negative=source.negative,
+        latent=source.latent, steps=FLOW_P2P_STEPS, inversion_cfg=1.0, scheduler=FLOW_AUTO_SCHEDULER, clean_level="zero"),
+        "Euler Inversion (cfg 1)")
+    edit = p2p_edit(source, **FLOW_P2P_EDITS[edit_name])
+    masking = left_digit_mask(workflow) if edit_name == "masked" else []
+    sample = workflow.title_node(g.node(
+        "InvEditP2PSample", model=source.model, inversion=inversion.out(1), edit=edit, cfg=FLOW_P2P_GUIDANCE,
+        map_budget_mib=0, negative=source.negative, **({"mask": masking[-1].out(0)} if masking else {})),
+        "P2P Sample")
+    source_row = source.decode(sample.out(0), "Decode source row")
+    source_row_shown = source.show(source_row, "Reconstruction", "source row")
+    edited = source.decode(sample.out(1), "Decode edit")
+    edited_shown = source.show(edited, FLOW_P2P_TITLES[edit_name], "edit")
+    workflow.thumbnail = [(reference_shown.display, None), (edited_shown.display, None)]
+    plumbing = [source_row, *source_row_shown.plumbing, edited, *edited_shown.plumbing]
+    first_row = [source.group(reference_shown.plumbing), workflow.group("Invert (Euler, cfg 1)", inversion)]
+    if masking:
+        first_row.append(workflow.group("Mask", masking))
+    workflow.row(*first_row)
+    workflow.row(workflow.group("Prompt-to-Prompt edit", [edit], [sample, *plumbing]),
+                 workflow.group(COMPARE_CAPTION, [reference_shown.display],
+                                [source_row_shown.display, *score(source, reference, source_row, "source row",
+                                                                  "reconstruction")],
+                                [edited_shown.display]))
+    return workflow
+
+
+@example("testbed_flow_p2p_word_swap")
+def testbed_flow_p2p_word_swap() -> ExampleWorkflow:
+    return p2p_flow_testbed("word_swap")
+
+
+@example("testbed_flow_p2p_reweight")
+def testbed_flow_p2p_reweight() -> ExampleWorkflow:
+    return p2p_flow_testbed("reweight")
+
+
+@example("testbed_flow_p2p_masked")
+def testbed_flow_p2p_masked() -> ExampleWorkflow:
+    return p2p_flow_testbed("masked")

@@ -287,6 +287,7 @@ def test_shipped_workflows_are_up_to_date():
 # Reconstruction PSNR each shipped test-bed workflow must reach (measured: DDIM at cfg 1 about 38 dB,
 # null-text and negative-prompt at cfg 7.5 about 28-38 dB, direct inversion exact; the P2P
 # workflows score their source row, negative-prompt inversion's reconstruction at cfg 7.5: 37.2 dB).
+FLOW_PSNR_DB = 18.0  # regression band: measured 21.3 dB (Euler reconstruction at cfg 2 of an inversion made at cfg 1)
 TESTBED_WORKFLOW_PSNR_DB = {
     "testbed_ddim_reconstruction": MIN_TESTBED_PSNR_DB,
     "testbed_null_text": 25.0,
@@ -304,6 +305,10 @@ TESTBED_WORKFLOW_PSNR_DB = {
     "testbed_flow_reconstruction": 50.0,
     "testbed_flow_direct_inversion": 60.0,
     "testbed_flow_edit": 45.0,  # measured 61.6 dB on its one canvas (FireFlow, 25 steps)
+    # the flow test-bed's Euler reconstruction at cfg 2 of an inversion made at cfg 1 (see FLOW_PSNR_DB)
+    "testbed_flow_p2p_word_swap": FLOW_PSNR_DB,
+    "testbed_flow_p2p_reweight": FLOW_PSNR_DB,
+    "testbed_flow_p2p_masked": FLOW_PSNR_DB,
 }
 PHOTO_WORKFLOWS = sorted(name for name in workflow_specs.EXAMPLES if name.endswith("_photo"))
 P2P_PHOTO_WORKFLOWS = [name for name in PHOTO_WORKFLOWS if name.startswith("p2p_")]
@@ -312,6 +317,7 @@ TESTBED_CAPTURES = {
     "canvas_image": ("InvEditTestbedHeldOutDigits", 0),
     "source_prompt": ("InvEditTestbedHeldOutDigits", 1),
     "edited": ("InvEditP2PSample", 1),
+    "source_row": ("InvEditP2PSample", 0),
     "maps": ("InvEditP2PSample", 2),
     "guided_edit": ("SamplerCustomAdvanced", 0),  # the flow test-bed's edit through the Inversion Guider
 }
@@ -493,6 +499,41 @@ def test_testbed_reweight_strengthens_the_word(testbed_workflow_results, definit
           f"ink {source_ink:.3f} -> {edited_ink:.3f}")
     assert edited_mass >= REWEIGHT_MASS_GAIN_MIN * source_mass
     assert edited_ink >= REWEIGHT_INK_GAIN_MIN * source_ink
+
+
+# ---------------------------------------------------------------------------------------------
+# The flow test-bed Prompt-to-Prompt workflows (joint attention; held-out "a photo of eight and five",
+# Euler inversion at cfg 1, editing at cfg 2). Independent checks: the test-bed classifier reads the
+# edited rows; the masked edit's right half equals the source row (the acceptance bound 1e-5).
+
+FLOW_SWAP_WORKFLOWS = ("testbed_flow_p2p_word_swap", "testbed_flow_p2p_masked")
+FLOW_MASK_MAX_ERROR = 1e-5
+
+
+@pytest.mark.parametrize("name", FLOW_SWAP_WORKFLOWS)
+def test_flow_p2p_swap_workflows_redraw_the_named_digit(testbed_workflow_results, definitions, name):
+    result = testbed_workflow_results(name)
+    assert result["source_prompt"] == workflow_specs.P2P_TESTBED_SOURCE_PROMPT
+    edited_prompts = p2p_edit_inputs(name, definitions)["edited_prompts"].splitlines()
+    labels = classifier.training_split_classifier().predict_canvases(result["edited"]["samples"])
+    print(f"\n[{name}] edited rows read as {labels.tolist()}, PSNR of the source row {float(result['psnr']):.1f} dB")
+    assert labels.tolist() == [digit_labels(prompt) for prompt in edited_prompts]
+
+
+def test_the_flow_masked_workflow_keeps_the_right_digit_exactly(testbed_workflow_results):
+    result = testbed_workflow_results("testbed_flow_p2p_masked")
+    edited, source_row = result["edited"]["samples"], result["source_row"]["samples"]
+    error = float((digit_half(edited, 1) - digit_half(source_row, 1)).abs().max())
+    assert error <= FLOW_MASK_MAX_ERROR
+    assert float((digit_half(edited, 0) - digit_half(source_row, 0)).abs().mean()) > 0.05  # the left digit changed
+
+
+def test_the_flow_reweight_workflow_strengthens_the_word(testbed_workflow_results):
+    result = testbed_workflow_results("testbed_flow_p2p_reweight")
+    source_ink, edited_ink = (float((digit_half(canvas, 0) + 1.0).mean())
+                              for canvas in (result["source_row"]["samples"], result["edited"]["samples"]))
+    print(f"\n[flow reweight eight x2] ink of the left digit {source_ink:.3f} -> {edited_ink:.3f}")
+    assert edited_ink > source_ink
 
 
 # ---------------------------------------------------------------------------------------------
