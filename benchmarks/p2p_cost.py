@@ -159,8 +159,6 @@ def _flux_inputs(steps: int):
 
 def run_flux_case(case: str, steps: int, repeats: int) -> dict:
     """Time ``repeats`` 2-row samplings of one case on the Flux-shaped model; peak memory of the last."""
-    import torch
-
     import comfy.samplers
     from invedit.attention import CrossSchedule, PromptEdit
     from invedit.attention.joint import LAYOUT_SOURCE_MAPS, LAYOUT_SOURCE_QK, JointPromptToPrompt, LayoutInjection

@@ -32,7 +32,6 @@ from ..attention.joint import (
     FAMILY_QWEN_IMAGE,
     FAMILY_SD3,
     JointContext,
-    JointPromptToPrompt,
     TokenLayout,
     token_layout,
 )
