@@ -12,6 +12,19 @@ forward warm start (k = 1, 2, 4 of 50), each inverted at guidance 1 and reconstr
   with Gaussian noise as the baseline row;
 - wall time and model calls per image.
 
+A second table runs EasyInv under the protocol of its paper's official SD1.4 evaluation code
+(potato-kitty/EasyInv, ``utilsV14.py`` and ``by_referenceSDV1-4.ipynb``): the empty prompt as both
+the prompt and the negative prompt at guidance 7.5 for the inversion and the reconstruction (so
+guidance changes nothing: the conditional and unconditional predictions are the same), 50 steps,
+the image read as the state at timestep 0 (``final_alpha_cumprod = alphas_cumprod[0]``:
+``clean_level: lowest timestep``), the model queried at the step's target timestep (``next_step``:
+the reference rule), the SD1.x preset (eta 0.5, window 0.05 + 0.2), with the model computing in
+float16 (the paper's setting) and in float32 (its ablation); plain DDIM under the same protocol
+beside it. Not matched: the official code replays with the pipeline's default scheduler (PLMS for
+SD1.4, and it inverts along PNDM's timesteps, which repeat t = 961); here the replay is DDIM along
+the inversion's own schedule, the exact inverse. The test-bed has no VAE (its latent is the canvas),
+so the official code's VAE posterior mean has no counterpart.
+
     bash scripts/run-demo.sh --benchmark          # or, inside the env:
     python benchmarks/reconstruction.py [--count 64] [--out benchmarks/results]
 """
@@ -42,6 +55,19 @@ METHODS = {
     "warm start k=4": {"warm_start_steps": 4},
 }
 NOISE_ROW = "Gaussian noise (baseline)"
+PAPER_GUIDANCE = 7.5
+"""Guidance of the official EasyInv SD1.4 evaluation, for the inversion and the reconstruction."""
+PAPER_CLEAN_LEVEL = "lowest timestep"
+PAPER_METHODS = {
+    "DDIM": {},
+    "EasyInv SD1.x, input variant": {"easyinv": "SD1.x"},
+    "EasyInv SD1.x, output variant": {"easyinv": "SD1.x", "easyinv_variant": "output"},
+}
+PAPER_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+PAPER_COUNT = 8
+"""Canvases of the paper-protocol rows (the first of the benchmark's): float16 convolutions are about
+8x slower than float32 on a CPU."""
+PAPER_PREFIX = "paper protocol"
 
 
 def enlarge(images: torch.Tensor, factor: int) -> torch.Tensor:
@@ -88,6 +114,9 @@ def measure(nodes_map, metrics, count: int, seed: int) -> dict:
             row[f"MSE plain @{cfg:g}"] = float(metrics.mse(source, result, plain).mean())
             row[f"MSE non-plain @{cfg:g}"] = float(metrics.mse(source, result, ~plain).mean())
         rows[method] = row
+    paper_count = min(count, PAPER_COUNT)
+    rows.update(measure_paper_protocol(nodes_map, metrics, model, text_encoder,
+                                       {"samples": latent["samples"][:paper_count]}, source[:paper_count]))
     generator = torch.Generator().manual_seed(seed + 1)
     gaussian = torch.randn(noise_ddpm.shape, generator=generator, dtype=torch.float64)
     rows[NOISE_ROW] = {"patch correlation": metrics.patch_correlation(gaussian),
@@ -96,12 +125,49 @@ def measure(nodes_map, metrics, count: int, seed: int) -> dict:
     return rows
 
 
-def markdown(rows: dict, count: int) -> str:
-    columns = ["PSNR @1", "PSNR @7.5", f"SSIM x{SSIM_ENLARGEMENT} @1", f"SSIM x{SSIM_ENLARGEMENT} @7.5", "MSE @1",
-               "MSE @7.5", "MSE plain @1", "MSE non-plain @1", "MSE plain @7.5", "MSE non-plain @7.5",
-               "patch correlation", "KL", "model calls per image", "inversion s per image"]
-    lines = [f"Held-out digits: {count} canvases, {STEPS} steps, inverted at guidance 1, reconstructed at 1 and 7.5.",
-             "", "| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+def measure_paper_protocol(nodes_map, metrics, model, text_encoder, latent: dict, source: torch.Tensor) -> dict:
+    """EasyInv and DDIM under the official SD1.4 evaluation's protocol (module docstring), per dtype.
+
+    Returns ``{"paper protocol, <dtype>: <method>": {metric: value}}`` with the reconstruction's PSNR,
+    SSIM and MSE, the patch correlation of the inverted latents and the time per image.
+    """
+    encode, to_image = nodes_map["InvEditTestbedTextEncode"], nodes_map["InvEditTestbedLatentToImage"]
+    inversion, reconstruct = nodes_map["InvEditDDIMInversion"], nodes_map["InvEditReconstruct"]
+    empty = encode.execute(text_encoder=text_encoder, text="").result[0]
+    rows: dict[str, dict] = {}
+    for dtype_name, dtype in PAPER_DTYPES.items():
+        computing = model.clone()
+        computing.set_model_compute_dtype(dtype)
+        for method, overrides in PAPER_METHODS.items():
+            start = time.perf_counter()
+            _, record, _ = inversion.execute(model=computing, positive=empty, negative=empty, latent=latent,
+                                             steps=STEPS, inversion_cfg=PAPER_GUIDANCE, scheduler="ddim_uniform",
+                                             clean_level=PAPER_CLEAN_LEVEL, **inversion_options(**overrides)).result
+            rebuilt = reconstruct.execute(model=computing, positive=empty, negative=empty, inversion=record,
+                                          cfg=PAPER_GUIDANCE).result[0]
+            seconds = time.perf_counter() - start
+            result = to_image.execute(latent=rebuilt, scale=1).result[0].movedim(-1, 1)
+            scores = metrics.reconstruction_scores(source, result)
+            trajectory = record.trajectory
+            noise_ddpm = trajectory.noise.double() / (1 + trajectory.sigmas[-1].double() ** 2).sqrt()
+            count = source.shape[0]
+            rows[f"{PAPER_PREFIX}, {dtype_name}: {method}"] = {
+                "PSNR": float(scores.psnr.mean()), "MSE": float(scores.mse.mean()),
+                f"SSIM x{SSIM_ENLARGEMENT}": float(metrics.ssim(enlarge(source, SSIM_ENLARGEMENT),
+                                                                enlarge(result, SSIM_ENLARGEMENT)).mean()),
+                "patch correlation": metrics.patch_correlation(noise_ddpm),
+                "inversion + reconstruction s per image": seconds / count,
+            }
+    return rows
+
+
+def is_paper_row(method: str) -> bool:
+    return method.startswith(PAPER_PREFIX)
+
+
+def markdown_table(rows: dict, columns: list[str]) -> list[str]:
+    """Markdown lines of a table with one line per row (a method) and the given columns."""
+    lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for method, row in rows.items():
         cells = []
         for column in columns:
@@ -109,6 +175,24 @@ def markdown(rows: dict, count: int) -> str:
             cells.append("" if value is None else (f"{value:d}" if isinstance(value, int) else
                                                     f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}"))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(rows: dict, count: int) -> str:
+    columns = ["PSNR @1", "PSNR @7.5", f"SSIM x{SSIM_ENLARGEMENT} @1", f"SSIM x{SSIM_ENLARGEMENT} @7.5", "MSE @1",
+               "MSE @7.5", "MSE plain @1", "MSE non-plain @1", "MSE plain @7.5", "MSE non-plain @7.5",
+               "patch correlation", "KL", "model calls per image", "inversion s per image"]
+    today = {method: row for method, row in rows.items() if not is_paper_row(method)}
+    paper = {method: row for method, row in rows.items() if is_paper_row(method)}
+    lines = [f"Held-out digits: {count} canvases, {STEPS} steps, inverted at guidance 1, reconstructed at 1 and 7.5.",
+             "", *markdown_table(today, columns)]
+    if paper:
+        paper_columns = ["PSNR", f"SSIM x{SSIM_ENLARGEMENT}", "MSE", "patch correlation",
+                         "inversion + reconstruction s per image"]
+        lines += ["", f"EasyInv's paper protocol (official SD1.4 evaluation code): the first {min(count, PAPER_COUNT)} "
+                  f"of these canvases, {STEPS} "
+                  f"steps, empty prompt as prompt and negative prompt, inverted and reconstructed at guidance "
+                  f"{PAPER_GUIDANCE:g}, clean level at timestep 0.", "", *markdown_table(paper, paper_columns)]
     return "\n".join(lines)
 
 
@@ -118,7 +202,7 @@ def plot(rows: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = [name for name in rows if name != NOISE_ROW]
+    methods = [name for name in rows if name != NOISE_ROW and not is_paper_row(name)]
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     positions = torch.arange(len(methods)).numpy()
     for offset, cfg in zip((-0.2, 0.2), GUIDANCES):
