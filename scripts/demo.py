@@ -82,9 +82,10 @@ class Reconstruction:
     cfg: float
 
 
+PLAIN_INVERSION = "DDIM"  # the plain inversion's name in the headers; Family.header names the family's own
 RECONSTRUCTIONS = (
-    Reconstruction("ddim_1", "reconstruction\nDDIM, cfg 1", None, 1.0),
-    Reconstruction("ddim_gap", f"DDIM, cfg {EDIT_CFG:g}\n(the guidance gap)", None, EDIT_CFG),
+    Reconstruction("ddim_1", f"reconstruction\n{PLAIN_INVERSION}, cfg 1", None, 1.0),
+    Reconstruction("ddim_gap", f"{PLAIN_INVERSION}, cfg {EDIT_CFG:g}\n(the guidance gap)", None, EDIT_CFG),
     Reconstruction("negative_prompt", f"negative-prompt\ninversion, cfg {EDIT_CFG:g}", "InvEditNegativePromptInversion",
                    EDIT_CFG),
 )
@@ -103,11 +104,16 @@ class Family:
     scheduler: str
     sampler: str
     attention_control: bool
+    inversion: str = PLAIN_INVERSION  # what the plain inversion is called for this family (column headers)
+
+    def header(self, item: "Reconstruction") -> str:
+        """``item``'s column header, naming this family's plain inversion."""
+        return item.header.replace(PLAIN_INVERSION, self.inversion)
 
 
 UNET = Family("unet", "Test-bed UNet (EPS, like SD1.x): InvEditTestbedModelLoader", "ddim_uniform", "ddim", True)
 FLOW = Family("flow", "Test-bed Flux transformer (rectified flow): InvEditTestbedFlowModelLoader", "simple", "euler",
-              False)
+              False, "Euler")
 PHOTO = Family("photo", "Stable Diffusion checkpoint", "ddim_uniform", "ddim", True)
 TESTBED_LOADERS = {UNET.key: "InvEditTestbedModelLoader", FLOW.key: "InvEditTestbedFlowModelLoader"}
 TESTBED_FAMILIES = {family.key: family for family in (UNET, FLOW)}
@@ -289,7 +295,7 @@ class Section:
 
 
 def figure_columns(subject: Subject, chosen: tuple[Reconstruction, ...], result: dict) -> list[Column]:
-    columns = [Column("source", "source")] + [Column(item.key, item.header) for item in chosen]
+    columns = [Column("source", "source")] + [Column(item.key, subject.family.header(item)) for item in chosen]
     return columns + [column for column in subject.edit_columns() if subject.key(f"{column.key}|0") in result]
 
 
@@ -343,7 +349,7 @@ def reconstruction_report(result: dict, subject: Subject, chosen: tuple[Reconstr
              "| reconstruction | cfg | PSNR dB |", "|---|---|---|"]
     for item in chosen:
         psnr = result[subject.key(f"{item.key}|psnr")]
-        lines.append(f"| {item.header.replace(chr(10), ' ')} | {item.cfg:g} | {psnr:.2f} |")
+        lines.append(f"| {subject.family.header(item).replace(chr(10), ' ')} | {item.cfg:g} | {psnr:.2f} |")
     return "\n".join(lines)
 
 
