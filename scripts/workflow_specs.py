@@ -1015,9 +1015,11 @@ FLUX_DEV = FlowPhotoModel("Flux - ", "Flux dev", 1.0, FLUX_EDIT_GUIDANCE)
 SD35 = FlowPhotoModel("SD3.5 - ", "SD3.5 Medium", FLOW_EDIT_GUIDANCE, None)
 
 
-def flux_dev_source(workflow: ExampleWorkflow, prompt: str) -> Source:
+def flux_dev_source(workflow: ExampleWorkflow, prompt: str,
+                    source_guidance: float | None = FLUX_INVERSION_GUIDANCE) -> Source:
     """Flux dev through ComfyUI's UNETLoader, DualCLIPLoader and VAELoader; ModelSamplingFlux sets the shift for
-    the example photo's size, the source prompt gets FluxGuidance at the inversion's guidance."""
+    the example photo's size, the source prompt gets FluxGuidance ``source_guidance`` (the inversion's; None: no
+    FluxGuidance node, for a node that writes the guidance itself, like the FlowEdit Guider's presets)."""
     g = workflow.graph
     unet = with_model_files(workflow, g.node("UNETLoader", unet_name=FLUX_CHECKPOINT, weight_dtype="default"),
                             FLUX_CHECKPOINT)
@@ -1032,14 +1034,17 @@ def flux_dev_source(workflow: ExampleWorkflow, prompt: str) -> Source:
                                 "Shift for the photo's size")
     text = workflow.size(workflow.title_node(g.node("CLIPTextEncode", clip=clip.out(0), text=prompt), "Source prompt"),
                          TEXT_ENCODE_SIZE)
-    positive = workflow.title_node(g.node("FluxGuidance", conditioning=text.out(0), guidance=FLUX_INVERSION_GUIDANCE),
-                                   "Guidance 1 (source)")
+    positive = text
+    if source_guidance is not None:
+        positive = workflow.title_node(g.node("FluxGuidance", conditioning=text.out(0), guidance=source_guidance),
+                                       f"Guidance {source_guidance:g} (source)")
     negative = workflow.collapse(workflow.title_node(g.node("CLIPTextEncode", clip=clip.out(0), text=""),
                                                      "Empty prompt"))
     latent = workflow.title_node(g.node("VAEEncode", pixels=photo.out(0), vae=vae.out(0)), "Encode photo")
     return Source(workflow, model.out(0), photo.out(0), latent.out(0), positive, negative,
                   lambda samples: g.node("VAEDecode", samples=samples, vae=vae.out(0)), clip.out(0), prompt,
-                  ((unet, clip, vae), (photo, model), (text, positive, negative, latent)), style=FLOW_PHOTO_STYLE)
+                  ((unet, clip, vae), (photo, model), tuple(dict.fromkeys((text, positive, negative, latent)))),
+                  style=FLOW_PHOTO_STYLE)
 
 
 def sd35_source(workflow: ExampleWorkflow, prompt: str) -> Source:
@@ -1159,6 +1164,33 @@ def custom_sample(source: Source, guider: NodeRef, sampler: NodeRef, sigmas: lis
     return [no_noise, sampled]
 
 
+@dataclass(frozen=True)
+class FlowEditRun:
+    """FlowEdit in SamplerCustomAdvanced: the group's columns (prompt and guider; sampler, sigmas, sampling,
+    decoding), the decoded edit and its display."""
+
+    columns: list[list[NodeRef]]
+    decoded: NodeRef
+    shown: Shown
+
+
+def flowedit_sampling(source: Source, target: NodeRef, preset: str, scheduler: str, steps: int, edit_title: str,
+                      save_prefix: str | None) -> FlowEditRun:
+    """FlowEdit Guider (source prompt, ``target``, the negative, ``preset``) and FlowEdit Sampler in
+    SamplerCustomAdvanced with no noise, the source latent and ``steps`` SIGMAS of ``scheduler`` (the preset's)."""
+    workflow, g = source.workflow, source.workflow.graph
+    guider = workflow.title_node(g.node("InvEditFlowEditGuider", model=source.model, source=source.positive,
+                                        target=target, preset=preset, negative=source.negative), "FlowEdit Guider")
+    sampler = workflow.title_node(g.node("InvEditFlowEditSampler", preset=preset, seed=0), "FlowEdit Sampler")
+    sigmas = workflow.collapse(workflow.title_node(
+        g.node("BasicScheduler", model=source.model, scheduler=scheduler, steps=steps, denoise=1.0),
+        f"{steps} steps"))
+    sampling = custom_sample(source, guider, sampler, sigmas.out(0), "Sample the edit")
+    decoded = source.decode(sampling[-1].out(0), "Decode edit")
+    shown = source.show(decoded, edit_title, "edit", save_prefix)
+    return FlowEditRun([[target, guider], [sampler, sigmas, *sampling, decoded, *shown.plumbing]], decoded, shown)
+
+
 @example("testbed_flowedit")
 def testbed_flowedit() -> ExampleWorkflow:
     workflow = ExampleWorkflow(
@@ -1167,19 +1199,10 @@ def testbed_flowedit() -> ExampleWorkflow:
         "FlowEdit on the flow test-bed model", "")
     source = testbed_source(workflow, count=1, seed=SWAP_TESTBED_SEED, loader_type="InvEditTestbedFlowModelLoader")
     reference, reference_shown = testbed_reference(source)
-    g = workflow.graph
     target = target_prompt(source, SWAP_TESTBED_TARGET, "Target prompt")
-    guider = workflow.title_node(g.node("InvEditFlowEditGuider", model=source.model, source=source.positive,
-                                        target=target, preset=FLOWEDIT_TESTBED_PRESET, negative=source.negative),
-                                 "FlowEdit Guider")
-    sampler = workflow.title_node(g.node("InvEditFlowEditSampler", preset=FLOWEDIT_TESTBED_PRESET, seed=0),
-                                  "FlowEdit Sampler")
-    sigmas = workflow.collapse(workflow.title_node(
-        g.node("BasicScheduler", model=source.model, scheduler=FLOWEDIT_SCHEDULER, steps=FLOWEDIT_TESTBED_STEPS,
-               denoise=1.0), f"{FLOWEDIT_TESTBED_STEPS} steps"))
-    sampling = custom_sample(source, guider, sampler, sigmas.out(0), "Sample the edit")
-    decoded = source.decode(sampling[-1].out(0), "Decode edit")
-    shown = source.show(decoded, "Edit: 8 -> 3", "edit")
+    flowedit = flowedit_sampling(source, target, FLOWEDIT_TESTBED_PRESET, FLOWEDIT_SCHEDULER, FLOWEDIT_TESTBED_STEPS,
+                                 "Edit: 8 -> 3", None)
+    decoded, shown = flowedit.decoded, flowedit.shown
     scored = score(source, reference, decoded, "edit")
     workflow.thumbnail = [(reference_shown.display, None), (shown.display, scored[-1])]
     workflow.notes = (
@@ -1193,10 +1216,74 @@ def testbed_flowedit() -> ExampleWorkflow:
         "(README). The SD3 and Flux presets are the paper's. **PSNR edit** compares the edit with the source: only "
         "one digit changes.\n\nGive the sampler a MASK to keep the source exactly "
         "outside it.")
-    workflow.row(source.group(reference_shown.plumbing),
-                 workflow.group("FlowEdit", [target, guider], [sampler, sigmas, *sampling, decoded, *shown.plumbing]))
+    workflow.row(source.group(reference_shown.plumbing), workflow.group("FlowEdit", *flowedit.columns))
     workflow.row(workflow.group(COMPARE_CAPTION, reference_shown.display, [shown.display, *scored]))
     return workflow
+
+
+FLOWEDIT_PHOTO_NOTES = (
+    " Load your image in **Photo (source)** and describe it in **Source prompt**. **FlowEdit** (Kulikov et al., "
+    "ICCV 2025) edits it with no inversion: from the encoded photo, each of the last n_max steps moves the image "
+    "along the difference between the **Target prompt**'s velocity and the source prompt's (*yellow* -> *red* "
+    "hair), at noisy states that share a fresh noise draw. **FlowEdit Guider** holds the two prompts, **FlowEdit "
+    "Sampler** the steps to edit and its seed; both take the preset *{preset}* ({settings}); the scheduler is "
+    "**{steps} steps** ({scheduler}, the preset's step count; a preset refuses another). SamplerCustomAdvanced adds "
+    "no noise (**No noise**) and starts from **Encode photo**. Give the sampler a MASK to keep the photo exactly "
+    "outside it.\n\n**{compare}**: the source (after a plain VAE round trip) and the edit. Not run in InvEdit's "
+    "tests: random-weight files of this size do not fit them, so ComfyUI only validates the graph with its real "
+    "loaders (the test-bed version, *Digits - FlowEdit digit swap*, runs in the tests).")
+
+
+def flowedit_photo(workflow: ExampleWorkflow, source: Source, files_note: str, preset: str, settings: str,
+                   scheduler: str, steps: int, save_prefix: str) -> ExampleWorkflow:
+    """The example photo edited by FlowEdit (yellow -> red hair) with ``preset``; the edit is saved."""
+    reference, reference_shown = photo_reference(source)
+    target = target_prompt(source, EXAMPLE_EDIT_PROMPT, "Target prompt")
+    flowedit = flowedit_sampling(source, target, preset, scheduler, steps, "Edit: red hair", save_prefix)
+    workflow.thumbnail = [(reference_shown.display, None), (flowedit.shown.display, None)]
+    workflow.notes = files_note + FLOWEDIT_PHOTO_NOTES.format(preset=preset, settings=settings, steps=steps,
+                                                             scheduler=scheduler, compare=COMPARE_CAPTION)
+    workflow.row(source.group(reference_shown.plumbing))
+    workflow.row(workflow.group("FlowEdit", *flowedit.columns),
+                 workflow.group(COMPARE_CAPTION, reference_shown.display, flowedit.shown.display))
+    return workflow
+
+
+FLOWEDIT_FLUX_PRESET = "Flux (paper)"
+FLOWEDIT_FLUX_SCHEDULER = "simple"  # with ModelSamplingFlux: FluxPipeline's levels (tests/host/test_flowedit.py)
+FLOWEDIT_FLUX_STEPS = 28  # the preset's
+FLOWEDIT_SD3_PRESET = "SD3 (paper)"
+FLOWEDIT_SD3_SCHEDULER = "normal"  # diffusers' SD3 levels (tests/host/test_flowedit.py)
+FLOWEDIT_SD3_STEPS = 50  # the preset's
+FLOWEDIT_PHOTO_DESCRIPTION = "FlowEdit of your photo, no inversion: yellow -> red hair"
+
+
+@example("flux_dev_flowedit")
+def flux_dev_flowedit() -> ExampleWorkflow:
+    workflow = ExampleWorkflow(Graph(), FLUX_DEV.prefix + "FlowEdit", FLOWEDIT_PHOTO_DESCRIPTION + " (Flux dev)",
+                               "FlowEdit of a photo (Flux dev)", "")
+    source = flux_dev_source(workflow, EXAMPLE_IMAGE_PROMPT, source_guidance=None)
+    return flowedit_photo(workflow, source, (
+        f"Needs Flux dev: `{FLUX_CHECKPOINT}` (models/diffusion_models), `clip_l.safetensors` and "
+        "`t5xxl_fp16.safetensors` (models/text_encoders), `ae.safetensors` (models/vae); when one is missing ComfyUI "
+        "lists it with its download link. **Shift for the photo's size** sets Flux's time shift for the image size "
+        f"(set its width and height to your photo's; {EXAMPLE_IMAGE_SIZE} for the example)."),
+        FLOWEDIT_FLUX_PRESET, f"{FLOWEDIT_FLUX_STEPS} steps, n_max 24, distilled guidance 1.5 / 5.5 written into the "
+        "two prompts by the guider, CFG 1: **Empty prompt** is not used", FLOWEDIT_FLUX_SCHEDULER, FLOWEDIT_FLUX_STEPS,
+        "InvEdit/flux_flowedit")
+
+
+@example("sd35_flowedit")
+def sd35_flowedit() -> ExampleWorkflow:
+    workflow = ExampleWorkflow(Graph(), SD35.prefix + "FlowEdit", FLOWEDIT_PHOTO_DESCRIPTION + " (SD3.5 Medium)",
+                               "FlowEdit of a photo (SD3.5)", "")
+    source = sd35_source(workflow, EXAMPLE_IMAGE_PROMPT)
+    return flowedit_photo(workflow, source, (
+        f"Needs SD3.5 Medium: `{SD35_CHECKPOINT}` (models/checkpoints; its model and VAE) and `clip_l.safetensors`, "
+        "`clip_g.safetensors`, `t5xxl_fp16.safetensors` (models/text_encoders); when one is missing ComfyUI lists "
+        "it with its download link."),
+        FLOWEDIT_SD3_PRESET, f"{FLOWEDIT_SD3_STEPS} steps, n_max 33, CFG 3.5 / 13.5 against **Empty prompt**",
+        FLOWEDIT_SD3_SCHEDULER, FLOWEDIT_SD3_STEPS, "InvEdit/sd35_flowedit")
 
 
 def ddpm_noise_parts(source: Source, steps: int, source_cfg: float, target: NodeRef, target_cfg: float, skip: int,

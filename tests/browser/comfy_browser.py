@@ -312,7 +312,18 @@ THUMBNAIL_BACKGROUND, THUMBNAIL_TEXT, THUMBNAIL_MUTED = "#202020", "#eeeeee", "#
 THUMBNAIL_MARGIN = 16
 THUMBNAIL_LABEL_SIZE = 24
 THUMBNAIL_DESCRIPTION_SIZE = 26
-THUMBNAIL_PLACEHOLDER = "needs an SD1.5 checkpoint"  # the result of a workflow the session cannot run
+THUMBNAIL_PLACEHOLDERS = {  # the result of a workflow the session cannot run, by the model its card title names
+    "SD1.5": "needs an SD1.5 checkpoint",
+    "Flux": "needs Flux dev's model files",
+    "SD3.5": "needs SD3.5 Medium's model files",
+}
+
+
+def thumbnail_placeholder(stem: str) -> str:
+    """What a thumbnail shows in place of a result the browser session cannot make: the model it needs (the card
+    title's prefix, ``workflow_layout.DOWNLOAD_PREFIXES``)."""
+    model = stem.split(" - ", 1)[0]
+    return THUMBNAIL_PLACEHOLDERS.get(model, f"needs the {model} model files")
 THUMBNAIL_ARROW_WIDTH = 28
 THUMBNAIL_LABELS_HEIGHT = 2 * (THUMBNAIL_LABEL_SIZE + 4) + 8  # room for two lines of a panel's label
 EXAMPLE_IMAGE = "example.png"  # what the photo workflows load; ComfyUI ships it in input/
@@ -378,7 +389,7 @@ def _centred_text(draw, text: str, font, left: float, width: float, top: float, 
     draw.text((left + (width - draw.textlength(text, font=font)) / 2, top), text, fill=fill, font=font)
 
 
-def _draw_panel(canvas, draw, panel: Panel, box: tuple[int, int, int, int], label_font) -> None:
+def _draw_panel(canvas, draw, panel: Panel, box: tuple[int, int, int, int], label_font, placeholder: str) -> None:
     """One panel in ``box`` (left, label top, width, image bottom): its label lines, its images
     fitted below them (nearest when enlarged: the test-bed's pixels stay sharp), its score under them;
     a framed placeholder when it has no images."""
@@ -400,16 +411,17 @@ def _draw_panel(canvas, draw, panel: Panel, box: tuple[int, int, int, int], labe
     else:
         draw.rectangle([left + 8, image_top + 8, left + width - 8, image_bottom - 8], outline=THUMBNAIL_MUTED, width=2)
         middle = (image_top + image_bottom) / 2 - THUMBNAIL_LABEL_SIZE
-        for index, line in enumerate(_wrapped(draw, THUMBNAIL_PLACEHOLDER, label_font, width - 32)):
+        for index, line in enumerate(_wrapped(draw, placeholder, label_font, width - 32)):
             draw.text((left + 16, middle + index * (THUMBNAIL_LABEL_SIZE + 4)), line, fill=THUMBNAIL_MUTED, font=label_font)
         below = image_bottom
     if panel.score:
         _centred_text(draw, panel.score, label_font, left, width, below + 6, THUMBNAIL_TEXT)
 
 
-def compose_thumbnail(panels: list[Panel], description: str, target: Path) -> int:
+def compose_thumbnail(panels: list[Panel], description: str, target: Path, placeholder: str) -> int:
     """A template-browser thumbnail: the panels side by side with arrows between them, each
-    labelled, the card's one-line description below; a JPEG under THUMBNAIL_MAX_BYTES. Returns its size."""
+    labelled (``placeholder`` framed in a panel without images), the card's one-line description below;
+    a JPEG under THUMBNAIL_MAX_BYTES. Returns its size."""
     from PIL import Image, ImageDraw
 
     width, height = THUMBNAIL_SIZE
@@ -423,7 +435,7 @@ def compose_thumbnail(panels: list[Panel], description: str, target: Path) -> in
     image_bottom = description_top - THUMBNAIL_MARGIN - score_room
     for index, panel in enumerate(panels):
         left = THUMBNAIL_MARGIN + index * (panel_width + THUMBNAIL_ARROW_WIDTH)
-        _draw_panel(canvas, draw, panel, (left, THUMBNAIL_MARGIN, panel_width, image_bottom), label_font)
+        _draw_panel(canvas, draw, panel, (left, THUMBNAIL_MARGIN, panel_width, image_bottom), label_font, placeholder)
         if index < len(panels) - 1:
             middle = (THUMBNAIL_MARGIN + THUMBNAIL_LABELS_HEIGHT + image_bottom) / 2
             _arrow(draw, left + panel_width + 4, middle, THUMBNAIL_ARROW_WIDTH - 8)
@@ -518,7 +530,8 @@ def write_images(session: BrowserSession, workflows_dir: Path, docs_dir: Path) -
             continue
         description = workflow_layout.card(session.workflows[stem]).get("description", "")
         target = workflows_dir / f"{stem}{THUMBNAIL_SUFFIX}"
-        written[str(target)] = compose_thumbnail(thumbnail_panels(session, stem), description, target)
+        written[str(target)] = compose_thumbnail(thumbnail_panels(session, stem), description, target,
+                                                 thumbnail_placeholder(stem))
         shot, clip = entry.get("after_run_screenshot"), entry.get("after_run_clip")
         if not shot:
             shot, clip = entry.get("opened_screenshot"), entry.get("opened_clip")

@@ -24,6 +24,7 @@ import p2p_models
 import workflow_layout
 import workflow_specs
 from comfy_graph import CAPTURE_NODE, SERVER, Graph, run_prompt
+from invedit.inversion.flowedit import PRESET_FLUX, PRESET_SD3, PRESETS
 from invedit.testbed import classifier, data, vocabulary
 from workflow_format import (
     CONTROL_AFTER_GENERATE,
@@ -649,6 +650,69 @@ def test_flow_photo_workflow_validates_with_comfyui_loaders(tmp_path: Path, defi
     inversion = prompt[first_node(prompt, "InvEditDDIMInversion")]["inputs"]
     assert (inversion["solver"], inversion["scheduler"], inversion["inversion_cfg"]) == ("fireflow", "auto", 1.0)
     assert prompt[first_node(prompt, "InvEditReplaySampler")]["inputs"]["solver"] == "fireflow"
+
+
+# FlowEdit on Flux dev and SD3.5 photos (issue 16): validated like the flow photo workflows above (their files are
+# too large to run here); the numbers of the FlowEdit loop on these two families are tested against the official
+# loop in tests/host/test_flowedit.py, on the schedulers named here.
+FLOWEDIT_PHOTO_WORKFLOWS = {  # id: (loaders, preset, scheduler the FlowEdit oracle test matches)
+    "flux_dev_flowedit": ({"UNETLoader", "DualCLIPLoader", "VAELoader", "ModelSamplingFlux"}, PRESET_FLUX, "simple"),
+    "sd35_flowedit": ({"CheckpointLoaderSimple", "TripleCLIPLoader"}, PRESET_SD3, "normal"),
+}
+FLOWEDIT_PHOTO_NODES = {"LoadImage", "VAEEncode", "CLIPTextEncode", "InvEditFlowEditGuider", "InvEditFlowEditSampler",
+                        "BasicScheduler", "DisableNoise", "SamplerCustomAdvanced", "VAEDecode", "SaveImage"}
+
+
+def model_files(name: str) -> list[tuple[str, str]]:
+    """(models/ folder, file name) of every file the loaders of shipped workflow ``name`` list with a link."""
+    return [(model["directory"], model["name"]) for node in load_json(build_workflows.workflow_file(name))["nodes"]
+            for model in node.get("properties", {}).get("models", [])]
+
+
+def test_flowedit_photo_workflows_are_the_photo_flowedit_examples():
+    assert sorted(FLOWEDIT_PHOTO_WORKFLOWS) == sorted(name for name in workflow_specs.EXAMPLES
+                                                      if name.endswith("_flowedit") and not name.startswith("testbed_"))
+
+
+@pytest.mark.parametrize("name", sorted(FLOWEDIT_PHOTO_WORKFLOWS))
+def test_flowedit_photo_workflow_validates_with_comfyui_loaders(tmp_path: Path, definitions, name):
+    """ComfyUI's prompt validation passes with the real loaders; the edit is wired as FlowEdit needs it: the
+    preset of the model on guider and sampler, the preset's step count on the oracle-tested scheduler, no noise,
+    the encoded photo as the latent, yellow -> red hair."""
+    loaders, preset, scheduler = FLOWEDIT_PHOTO_WORKFLOWS[name]
+    files = model_files(name)
+    assert files, "the loaders list their files with download links"
+    prompt = validated_prompt(tmp_path, definitions, name, files)
+    used = {node["class_type"] for node in prompt.values()}
+    assert loaders | FLOWEDIT_PHOTO_NODES <= used
+    assert "FluxGuidance" not in used  # the Flux preset writes the distilled guidance into both prompts itself
+    guider = prompt[first_node(prompt, "InvEditFlowEditGuider")]["inputs"]
+    sampler = prompt[first_node(prompt, "InvEditFlowEditSampler")]["inputs"]
+    sigmas = prompt[first_node(prompt, "BasicScheduler")]["inputs"]
+    sample = prompt[first_node(prompt, "SamplerCustomAdvanced")]["inputs"]
+    assert guider["preset"] == sampler["preset"] == preset
+    assert (sigmas["scheduler"], sigmas["steps"], sigmas["denoise"]) == (scheduler, PRESETS[preset].steps, 1.0)
+    assert sigmas["model"] == guider["model"]
+    assert prompt[sample["noise"][0]]["class_type"] == "DisableNoise"
+    assert prompt[sample["latent_image"][0]]["class_type"] == "VAEEncode"
+    assert (prompt[guider["source"][0]]["inputs"]["text"], prompt[guider["target"][0]]["inputs"]["text"]) == (
+        workflow_specs.EXAMPLE_IMAGE_PROMPT, workflow_specs.EXAMPLE_EDIT_PROMPT)
+
+
+@pytest.mark.parametrize("name", sorted(FLOWEDIT_PHOTO_WORKFLOWS))
+def test_flowedit_photo_validation_refuses_a_missing_model_file(tmp_path: Path, tmp_path_factory, monkeypatch,
+                                                               definitions, name):
+    """Negative control of the validation above: without the diffusion model's file ComfyUI refuses the prompt
+    (the model folders other tests added under pytest's temporary directory are left out, the file lists rebuilt)."""
+    earlier = str(tmp_path_factory.getbasetemp())
+    monkeypatch.setattr(folder_paths, "folder_names_and_paths", {
+        folder: ([path for path in paths if not path.startswith(earlier)], extensions)
+        for folder, (paths, extensions) in folder_paths.folder_names_and_paths.items()})
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    files = model_files(name)
+    with pytest.raises(AssertionError) as refusal:
+        validated_prompt(tmp_path, definitions, name, files[1:])
+    assert files[0][1] in str(refusal.value)
 
 
 @pytest.mark.parametrize("name", P2P_PHOTO_WORKFLOWS)
