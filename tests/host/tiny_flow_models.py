@@ -29,7 +29,7 @@ import torch
 
 import comfy.model_patcher
 import comfy.supported_models
-from tiny_models import ModelSnapshot
+from tiny_models import SnapshotCache
 
 FLUX_DEV = "flux_dev"
 FLUX_SCHNELL = "flux_schnell"
@@ -192,27 +192,17 @@ def build_tiny_flow_model(family: str, seed: int = 0) -> comfy.model_patcher.Mod
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
 
 
-_CACHE: dict[tuple[str, int], tuple[comfy.model_patcher.ModelPatcher, ModelSnapshot]] = {}
+_CACHE = SnapshotCache(lambda family, seed: build_tiny_flow_model(family, seed))
 
 
 def cached_tiny_flow_model(family: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
     """The shared tiny model of ``family`` and ``seed`` (built once per session; clone before patching)."""
-    key = (family, int(seed))
-    if key not in _CACHE:
-        patcher = build_tiny_flow_model(family, seed)
-        _CACHE[key] = (patcher, ModelSnapshot.take(patcher))
-    return _CACHE[key][0]
+    return _CACHE.get(family, seed)
 
 
 def evict_changed_cached_models() -> list[str]:
     """Drop every cached flow model that changed since it was built; say what changed in each."""
-    report = []
-    for key, (patcher, snapshot) in list(_CACHE.items()):
-        changed = snapshot.differences(patcher)
-        if changed:
-            del _CACHE[key]
-            report.append(f"{key}: {', '.join(changed)}")
-    return report
+    return _CACHE.evict_changed()
 
 
 def tiny_flow_conditioning(family: str, seed: int = 0, tokens: int = 8) -> list:

@@ -44,7 +44,7 @@ import enum
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -449,24 +449,41 @@ def _weights(patcher: comfy.model_patcher.ModelPatcher) -> dict[str, torch.Tenso
         return {name: tensor.detach().clone() for name, tensor in patcher.model.state_dict().items()}
 
 
-_CACHE: dict[tuple[str, int], tuple[comfy.model_patcher.ModelPatcher, ModelSnapshot]] = {}
+class SnapshotCache:
+    """Models built once per test session by ``build(name, seed)``, each kept with a snapshot taken
+    when it was built, so a test that changed a shared model is caught and the model rebuilt."""
+
+    def __init__(self, build: Callable[[str, int], comfy.model_patcher.ModelPatcher]) -> None:
+        self.build = build
+        self.entries: dict[tuple[str, int], tuple[comfy.model_patcher.ModelPatcher, ModelSnapshot]] = {}
+
+    def get(self, name: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
+        """The shared model ``name`` of ``seed`` (clone it before patching)."""
+        key = (name, int(seed))
+        if key not in self.entries:
+            patcher = self.build(name, seed)
+            self.entries[key] = (patcher, ModelSnapshot.take(patcher))
+        return self.entries[key][0]
+
+    def evict_changed(self) -> list[str]:
+        """Drop every cached model that changed since it was built; say what changed in each."""
+        report = []
+        for key, (patcher, snapshot) in list(self.entries.items()):
+            changed = snapshot.differences(patcher)
+            if changed:
+                del self.entries[key]
+                report.append(f"{key}: {', '.join(changed)}")
+        return report
+
+
+_CACHE = SnapshotCache(lambda arch, seed: build_tiny_model(arch, seed))
 
 
 def cached_tiny_model(arch: str, seed: int = 0) -> comfy.model_patcher.ModelPatcher:
     """The shared tiny model of ``arch`` and ``seed`` (built once per test session)."""
-    key = (arch, int(seed))
-    if key not in _CACHE:
-        patcher = build_tiny_model(arch, seed)
-        _CACHE[key] = (patcher, ModelSnapshot.take(patcher))
-    return _CACHE[key][0]
+    return _CACHE.get(arch, seed)
 
 
 def evict_changed_cached_models() -> list[str]:
     """Drop every cached model that changed since it was built; say what changed in each."""
-    report = []
-    for key, (patcher, snapshot) in list(_CACHE.items()):
-        changed = snapshot.differences(patcher)
-        if changed:
-            del _CACHE[key]
-            report.append(f"{key}: {', '.join(changed)}")
-    return report
+    return _CACHE.evict_changed()
