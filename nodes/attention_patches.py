@@ -35,6 +35,7 @@ from ..attention.joint import JointPromptToPrompt
 from ..inversion import SourcePin
 from ..inversion.masks import keep_outside
 from ..inversion.null_text import REFERENCE_GUIDANCE
+from ..inversion.solvers import SOLVER_EULER, SOLVER_FIXED_POINT
 from .checks import check_unet_attention
 from .errors import InvEditInputError
 from .guiders import InversionGuider
@@ -211,6 +212,17 @@ def _check_single_image(record) -> None:
         )
 
 
+def _check_one_call_per_step(record) -> None:
+    """Refuse an inversion whose replay queries the model between the sampling sigmas (FireFlow)."""
+    if record.replay_solver != SOLVER_EULER:
+        raise InvEditInputError(
+            f"This inversion was made with the {record.replay_solver} solver, whose replay asks the model at "
+            "midpoints between the steps; Prompt-to-Prompt pairs each model call with one step of the inversion. "
+            f"Invert with solver '{SOLVER_FIXED_POINT}' instead (with fixed_point_iterations 3 nearly as accurate "
+            "as FireFlow at the same step count, at more inversion calls; replayed by one call per step) or 'euler'."
+        )
+
+
 class P2PGuider(InversionGuider):
     """Samples an INVERSION's source row and its edited rows in one batch with P2P attention.
 
@@ -229,6 +241,7 @@ class P2PGuider(InversionGuider):
                  mask: Optional[torch.Tensor] = None):
         self.rows = 1 + len(controller.edits)
         _check_single_image(record)
+        _check_one_call_per_step(record)
         if isinstance(controller, JointPromptToPrompt):
             from .dit_patches import JointEditRun, dit_patched_model  # it builds on EditRun, defined here
 
