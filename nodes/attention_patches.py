@@ -37,6 +37,7 @@ from ..inversion.masks import keep_outside
 from ..inversion.null_text import REFERENCE_GUIDANCE
 from ..inversion.solvers import SOLVER_EULER, SOLVER_FIXED_POINT
 from .checks import check_unet_attention
+from .conditioning import inversion_guidance, with_distilled_guidance
 from .errors import InvEditInputError
 from .guiders import InversionGuider
 from .schedules import step_for_sigma
@@ -253,6 +254,9 @@ class P2PGuider(InversionGuider):
             patched = patched_model(model, self.run)
         pin = SourcePin(record.step_targets(), (0,)) if record.pin_source else None
         self.hook = StepHook(controller, pin)
+        guidance = inversion_guidance(record)  # Flux dev: every row at the inversion's FluxGuidance, so the
+        if guidance is not None:               # source row reconstructs (P2P Edit's prompts carry none: 3.5)
+            positive, _ = with_distilled_guidance(model, positive, guidance)
         super().__init__(patched, record, positive, negative, cfg, mask)
 
     def _batch(self, latent: torch.Tensor, what: str) -> torch.Tensor:

@@ -180,13 +180,17 @@ def test_chroma_pads_shorter_edited_prompts_to_the_source_and_refuses_longer_one
         encode_prompts(clip, [shorter, PROMPT])
 
 
-def swap_through_the_nodes(pack_nodes, clip, model_family: str, solver: str = "euler"):
-    """Invert (``solver``), edit (cat -> hippopotamus) and sample through the nodes: source row, edited row,
-    the plain reconstruction, the number of text keys."""
+def swap_through_the_nodes(pack_nodes, clip, model_family: str, solver: str = "euler",
+                           flux_guidance: float | None = None, forget_guidance: bool = False):
+    """Invert (``solver``; the source prompt through FluxGuidance ``flux_guidance`` if given), edit (cat ->
+    hippopotamus) and sample through the nodes: source row, edited row, the plain reconstruction, the number of
+    text keys. ``forget_guidance``: P2P gets the inversion without its prompt (so without its FluxGuidance)."""
     model = tfm.cached_tiny_flow_model(model_family)
     encode = nodes.NODE_CLASS_MAPPINGS["CLIPTextEncode"]()
     with torch.inference_mode():
         positive = encode.encode(clip, SWAP_SOURCE)[0]
+        if flux_guidance is not None:
+            positive = nodes.NODE_CLASS_MAPPINGS["FluxGuidance"].execute(positive, flux_guidance).result[0]
         _, record, _ = pack_nodes["InvEditDDIMInversion"].execute(
             model=model, positive=positive, negative=encode.encode(clip, "")[0],
             latent=tfm.tiny_flow_latent(model_family, 3), steps=STEPS, inversion_cfg=1.0, scheduler="auto",
@@ -197,6 +201,8 @@ def swap_through_the_nodes(pack_nodes, clip, model_family: str, solver: str = "e
             blend_start=0.2, blend_threshold=0.3, blend_layer_downsample=1).result[0]
         reconstruction = pack_nodes["InvEditReconstruct"].execute(
             model=model, positive=positive, inversion=record, cfg=1.0).result[0]["samples"]
+        if forget_guidance:
+            record = record.with_changes(positive=None)
         source_row, edited, _ = pack_nodes["InvEditP2PSample"].execute(
             model=model, inversion=record, edit=plan, cfg=1.0, map_budget_mib=0).result
     return source_row["samples"], edited["samples"], reconstruction, len(plan.prompts[0].token_ids)
@@ -235,3 +241,19 @@ def test_text_encoders_of_unknown_key_layout_are_refused():
     """HiDream's four tokenizations (CLIP-L, CLIP-G, T5, Llama) have no rule here: a clear refusal, not a guess."""
     with pytest.raises(InvEditInputError, match="SD3.5"):
         text_key_tokenizations(None, {"l", "g", "t5xxl", "llama"})
+
+
+def test_flux_dev_rows_take_the_inversions_flux_guidance(pack_nodes):
+    """Flux dev reads a distilled guidance from the prompt (3.5 when none is set). The photo workflows invert at
+    FluxGuidance 1; P2P Edit's prompts carry none, so every row takes the inversion's and the source row is the
+    reconstruction. Control: P2P given the inversion without its prompt samples every row at the default 3.5,
+    and its source row misses the reconstruction."""
+    clip = probe_clip(*PROBES["flux"][:2])
+    source_row, _, reconstruction, _ = swap_through_the_nodes(pack_nodes, clip, tfm.FLUX_DEV, flux_guidance=1.0)
+    default_row, _, _, _ = swap_through_the_nodes(pack_nodes, clip, tfm.FLUX_DEV, flux_guidance=1.0,
+                                                  forget_guidance=True)
+    error, control = (float((row - reconstruction).abs().max()) for row in (source_row, default_row))
+    print(f"\n[p2p text keys] flux dev at FluxGuidance 1: source row vs reconstruction {error:.1e}, "
+          f"at the default 3.5 {control:.1e}")
+    assert error <= SOURCE_ROW_MAX_ERROR
+    assert control > 1e3 * SOURCE_ROW_MAX_ERROR
