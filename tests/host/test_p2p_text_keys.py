@@ -16,100 +16,24 @@ from __future__ import annotations
 import pytest
 import torch
 
-import comfy.sd
-import comfy.text_encoders.flux
-import comfy.text_encoders.pixart_t5
 import comfy.text_encoders.sd3_clip
 import nodes
+import p2p_models
 import tiny_flow_models as tfm
+from p2p_models import CLIP_G_WIDTH, CLIP_L_WIDTH, PROBES, family_clip, probe_clip, token_embedding
 from invedit.attention import TokenizedPrompt
 from invedit.nodes.errors import InvEditInputError
 from invedit.nodes.options import option_defaults
 from invedit.nodes.p2p_prompts import encode_prompts, text_key_tokenizations
 
-CLIP_L_WIDTH, CLIP_G_WIDTH = 768, 1280
-ENCODER_SEEDS = {"l": 1, "g": 2, "t5xxl": 3}  # one embedding table per encoder: equal ids in two vocabularies differ
-SEED_STRIDE = 1_000_003
 PROMPT = "a photo of a red sunflower in tall grass"
 STEPS = 4
 SWAP_SOURCE = "a photo of a cat on a red sofa"
 SWAP_TARGET = "a photo of a hippopotamus on a red sofa"  # 1 CLIP token -> 3, 1 T5 token -> 6
 SOURCE_ROW_MAX_ERROR = 1e-5  # as tests/host/test_p2p_families.py
 EDIT_REACHES = 1e-6
-
-
-def token_embedding(name: str, token: int, width: int) -> torch.Tensor:
-    """The stand-in encoder ``name``'s row for ``token``: seeded, so a row names its token."""
-    generator = torch.Generator().manual_seed(ENCODER_SEEDS[name] * SEED_STRIDE + token)
-    return torch.randn(width, generator=generator)
-
-
-class SeededTokenEncoder(torch.nn.Module):
-    """Stands in for one text encoder (CLIP-L, CLIP-G, T5-XXL): one seeded row per token, in token order."""
-
-    def __init__(self, name: str, width: int, pooled_width: int | None = None) -> None:
-        super().__init__()
-        self.name, self.width, self.pooled_width = name, width, pooled_width
-
-    def set_clip_options(self, options) -> None:
-        pass
-
-    def reset_clip_options(self) -> None:
-        pass
-
-    def encode_token_weights(self, token_weight_pairs):
-        tokens = [int(entry[0]) for chunk in token_weight_pairs for entry in chunk]
-        rows = torch.stack([token_embedding(self.name, token, self.width) for token in tokens])[None]
-        pooled = None if self.pooled_width is None else torch.full((1, self.pooled_width), float(len(tokens)) / 100)
-        return rows, pooled
-
-
-class ProbeFluxClipModel(comfy.text_encoders.flux.FluxClipModel):
-    """ComfyUI's FluxClipModel (its encode orders the outputs) over stand-in CLIP-L and T5-XXL."""
-
-    def __init__(self, device="cpu", dtype=None, model_options={}):
-        torch.nn.Module.__init__(self)
-        self.clip_l = SeededTokenEncoder("l", CLIP_L_WIDTH, CLIP_L_WIDTH)
-        self.t5xxl = SeededTokenEncoder("t5xxl", tfm.T5_WIDTH)
-        self.dtypes = {torch.float32}
-
-
-def probe_sd3_model(clip_l: bool = True, clip_g: bool = True, t5: bool = True):
-    class ProbeSD3ClipModel(comfy.text_encoders.sd3_clip.SD3ClipModel):
-        """ComfyUI's SD3ClipModel over stand-in CLIP-L, CLIP-G and T5-XXL (those loaded)."""
-
-        def __init__(self, device="cpu", dtype=None, model_options={}):
-            torch.nn.Module.__init__(self)
-            self.clip_l = SeededTokenEncoder("l", CLIP_L_WIDTH, CLIP_L_WIDTH) if clip_l else None
-            self.clip_g = SeededTokenEncoder("g", CLIP_G_WIDTH, CLIP_G_WIDTH) if clip_g else None
-            self.t5xxl = SeededTokenEncoder("t5xxl", tfm.T5_WIDTH) if t5 else None
-            self.t5_attention_mask = False
-            self.dtypes = {torch.float32}
-
-    return ProbeSD3ClipModel
-
-
-class ProbeChromaClipModel(comfy.text_encoders.pixart_t5.PixArtT5XXL):
-    """ComfyUI's PixArtT5XXL (Chroma's text model) over a stand-in T5-XXL."""
-
-    def __init__(self, device="cpu", dtype=None, model_options={}):
-        torch.nn.Module.__init__(self)
-        self.clip_name = self.clip = "t5xxl"
-        self.t5xxl = SeededTokenEncoder("t5xxl", tfm.T5_WIDTH)
-        self.dtypes = {torch.float32}
-
-
-PROBES = {  # family: (text model, ComfyUI tokenizer, the tiny flow model of that family)
-    "flux": (ProbeFluxClipModel, comfy.text_encoders.flux.FluxTokenizer, tfm.FLUX_DEV),
-    "sd35": (probe_sd3_model(), comfy.text_encoders.sd3_clip.SD3Tokenizer, tfm.SD35),
-    "chroma": (ProbeChromaClipModel, comfy.text_encoders.pixart_t5.PixArtTokenizer, tfm.CHROMA),
-}
-
-
-def probe_clip(text_model, tokenizer) -> comfy.sd.CLIP:
-    target = type("ProbeTarget", (), {"params": {}, "clip": text_model, "tokenizer": tokenizer})
-    cpu = torch.device("cpu")
-    return comfy.sd.CLIP(target, model_options={"dtype": torch.float32, "load_device": cpu, "offload_device": cpu})
+INVERSION_DISTILLED_GUIDANCE = 1.0  # InvEdit DDIM Inversion's default for Flux dev
+CLIP_ROW_PADDING = tfm.T5_WIDTH - CLIP_L_WIDTH - CLIP_G_WIDTH  # SD3 pads its CLIP-L/G rows to T5's width
 
 
 def word_tokens(tokenizer, word: str) -> list[int]:
@@ -117,16 +41,20 @@ def word_tokens(tokenizer, word: str) -> list[int]:
     return [int(entry[0]) for chunk in tokenizer.tokenize_with_weights(word, True) for entry in chunk if entry[2] != 0]
 
 
-def expected_rows(family: str, tokenizer, word: str, sd3_clip: bool = True, sd3_t5: bool = True) -> torch.Tensor:
+def sd3_clip_row(token: int, clip_l: bool = True) -> torch.Tensor:
+    """SD3's CLIP row of ``token``: CLIP-L's and CLIP-G's rows side by side (G alone sits in its own place)."""
+    l_row = token_embedding("l", token, CLIP_L_WIDTH) if clip_l else torch.zeros(CLIP_L_WIDTH)
+    return torch.nn.functional.pad(torch.cat([l_row, token_embedding("g", token, CLIP_G_WIDTH)]), (0, CLIP_ROW_PADDING))
+
+
+def expected_rows(family: str, tokenizer, word: str, sd3_clip: bool = True, sd3_t5: bool = True,
+                  clip_l: bool = True) -> torch.Tensor:
     """The context rows of ``word``'s tokens, from each tokenizer and the stand-in encoders, in key order."""
-    t5 = [token_embedding("t5xxl", t, tfm.T5_WIDTH) for t in word_tokens(tokenizer.t5xxl
-                                                                          if family != "chroma" else tokenizer.clip_t5xxl,
-                                                                          word)]
+    t5_tokenizer = tokenizer.clip_t5xxl if family == "chroma" else tokenizer.t5xxl
+    t5 = [token_embedding("t5xxl", t, tfm.T5_WIDTH) for t in word_tokens(t5_tokenizer, word)]
     if family != "sd35":
         return torch.stack(t5)
-    clip = [torch.nn.functional.pad(torch.cat([token_embedding("l", t, CLIP_L_WIDTH), token_embedding("g", t, CLIP_G_WIDTH)]),
-                                    (0, tfm.T5_WIDTH - CLIP_L_WIDTH - CLIP_G_WIDTH))
-            for t in word_tokens(tokenizer.clip_l, word)]
+    clip = [sd3_clip_row(t, clip_l) for t in word_tokens(tokenizer.clip_l, word)]
     return torch.stack((clip if sd3_clip else []) + (t5 if sd3_t5 else []))
 
 
@@ -151,23 +79,19 @@ def test_each_word_sits_at_the_rows_of_its_own_tokens(family):
 
 @pytest.mark.parametrize("loaded", [dict(t5=False), dict(clip_l=False), dict(clip_l=False, clip_g=False)])
 def test_sd3_keys_follow_the_encoders_loaded(loaded):
-    clip = probe_clip(probe_sd3_model(**loaded), comfy.text_encoders.sd3_clip.SD3Tokenizer)
+    clip = probe_clip(p2p_models.probe_sd3_model(**loaded), comfy.text_encoders.sd3_clip.SD3Tokenizer)
     encoded, = encode_prompts(clip, [PROMPT])
     has_clip = loaded.get("clip_l", True) or loaded.get("clip_g", True)
     has_t5 = loaded.get("t5", True)
     context = encoded.context[0]
     assert len(encoded.prompt.token_ids) == context.shape[0]
     for word in ("red", "sunflower"):
-        rows = expected_rows("sd35", clip.tokenizer, word, has_clip, has_t5)
-        if not loaded.get("clip_l", True) and has_clip:  # CLIP-G alone is padded on the left to CLIP-L's place
-            rows[: len(word_tokens(clip.tokenizer.clip_g, word))] = torch.stack([torch.nn.functional.pad(
-                token_embedding("g", t, CLIP_G_WIDTH), (CLIP_L_WIDTH, tfm.T5_WIDTH - CLIP_L_WIDTH - CLIP_G_WIDTH))
-                for t in word_tokens(clip.tokenizer.clip_g, word)])
+        rows = expected_rows("sd35", clip.tokenizer, word, has_clip, has_t5, loaded.get("clip_l", True))
         assert torch.equal(context[list(encoded.prompt.positions_of(word))], rows), (loaded, word)
 
 
 def test_chroma_pads_shorter_edited_prompts_to_the_source_and_refuses_longer_ones():
-    clip = probe_clip(ProbeChromaClipModel, comfy.text_encoders.pixart_t5.PixArtTokenizer)
+    clip = family_clip("chroma")
     shorter = "a photo of a sunflower"
     source, edited = encode_prompts(clip, [PROMPT, shorter])
     plain_source = nodes.NODE_CLASS_MAPPINGS["CLIPTextEncode"]().encode(clip, PROMPT)[0][0][0]
@@ -181,26 +105,27 @@ def test_chroma_pads_shorter_edited_prompts_to_the_source_and_refuses_longer_one
 
 
 def swap_through_the_nodes(pack_nodes, clip, model_family: str, solver: str = "euler",
-                           flux_guidance: float | None = None, forget_guidance: bool = False):
-    """Invert (``solver``; the source prompt through FluxGuidance ``flux_guidance`` if given), edit (cat ->
-    hippopotamus) and sample through the nodes: source row, edited row, the plain reconstruction, the number of
-    text keys. ``forget_guidance``: P2P gets the inversion without its prompt (so without its FluxGuidance)."""
+                           distilled_guidance: float = INVERSION_DISTILLED_GUIDANCE, forget_guidance: bool = False):
+    """Invert (``solver``; Flux dev at ``distilled_guidance``), edit (cat -> hippopotamus) and sample through the
+    nodes: source row, edited row, the reconstruction (Flux dev: its prompt through FluxGuidance at the inversion's
+    distilled guidance, as the inversion's report says), the number of text keys. ``forget_guidance``: P2P gets the
+    inversion without its prompt, so without the distilled guidance it ran at."""
     model = tfm.cached_tiny_flow_model(model_family)
     encode = nodes.NODE_CLASS_MAPPINGS["CLIPTextEncode"]()
     with torch.inference_mode():
         positive = encode.encode(clip, SWAP_SOURCE)[0]
-        if flux_guidance is not None:
-            positive = nodes.NODE_CLASS_MAPPINGS["FluxGuidance"].execute(positive, flux_guidance).result[0]
         _, record, _ = pack_nodes["InvEditDDIMInversion"].execute(
             model=model, positive=positive, negative=encode.encode(clip, "")[0],
             latent=tfm.tiny_flow_latent(model_family, 3), steps=STEPS, inversion_cfg=1.0, scheduler="auto",
-            clean_level="zero", **{**option_defaults(), "solver": solver}).result
+            clean_level="zero", **{**option_defaults(), "solver": solver}, distilled_guidance=distilled_guidance).result
+        if model_family == tfm.FLUX_DEV:
+            positive = nodes.NODE_CLASS_MAPPINGS["FluxGuidance"].execute(positive, distilled_guidance).result[0]
+        reconstruction = pack_nodes["InvEditReconstruct"].execute(
+            model=model, positive=positive, inversion=record, cfg=1.0).result[0]["samples"]
         plan = pack_nodes["InvEditP2PEdit"].execute(
             text_encoder=clip, source_prompt=SWAP_SOURCE, edited_prompts=SWAP_TARGET, mode="word swap",
             cross_replace=0.8, self_replace=0.5, self_max_pixels=1024, word_windows="", reweight="", blend_words="",
             blend_start=0.2, blend_threshold=0.3, blend_layer_downsample=1).result[0]
-        reconstruction = pack_nodes["InvEditReconstruct"].execute(
-            model=model, positive=positive, inversion=record, cfg=1.0).result[0]["samples"]
         if forget_guidance:
             record = record.with_changes(positive=None)
         source_row, edited, _ = pack_nodes["InvEditP2PSample"].execute(
@@ -228,7 +153,7 @@ def test_word_swap_through_the_nodes_keeps_the_source_row(pack_nodes, family):
 def test_fireflow_inversions_are_refused_and_fixed_point_ones_edit(pack_nodes):
     """P2P pairs each model call with a step: FireFlow's replay (midpoint calls) is refused with advice; the
     fixed-point solver it advises replays with one call per step, and its source row is the reconstruction."""
-    clip = probe_clip(*PROBES["flux"][:2])
+    clip = family_clip("flux")
     with pytest.raises(Exception, match="Invert with solver 'fixed-point'") as refused:
         swap_through_the_nodes(pack_nodes, clip, tfm.FLUX_DEV, solver="fireflow")
     assert type(refused.value).__name__ == "InvEditInputError"  # the pack as ComfyUI loaded it raised it
@@ -243,17 +168,17 @@ def test_text_encoders_of_unknown_key_layout_are_refused():
         text_key_tokenizations(None, {"l", "g", "t5xxl", "llama"})
 
 
-def test_flux_dev_rows_take_the_inversions_flux_guidance(pack_nodes):
-    """Flux dev reads a distilled guidance from the prompt (3.5 when none is set). The photo workflows invert at
-    FluxGuidance 1; P2P Edit's prompts carry none, so every row takes the inversion's and the source row is the
-    reconstruction. Control: P2P given the inversion without its prompt samples every row at the default 3.5,
-    and its source row misses the reconstruction."""
-    clip = probe_clip(*PROBES["flux"][:2])
-    source_row, _, reconstruction, _ = swap_through_the_nodes(pack_nodes, clip, tfm.FLUX_DEV, flux_guidance=1.0)
-    default_row, _, _, _ = swap_through_the_nodes(pack_nodes, clip, tfm.FLUX_DEV, flux_guidance=1.0,
+def test_flux_dev_rows_take_the_inversions_distilled_guidance(pack_nodes):
+    """Flux dev reads a distilled guidance from the prompt (3.5 when none is set); the inversion runs at its own
+    (here 2). P2P Edit's prompts carry none, so every row takes the inversion's and the source row is the
+    reconstruction. Control: P2P given the inversion without its prompt samples every row at 3.5, and its source
+    row misses the reconstruction."""
+    clip = family_clip("flux")
+    source_row, _, reconstruction, _ = swap_through_the_nodes(pack_nodes, clip, tfm.FLUX_DEV, distilled_guidance=2.0)
+    default_row, _, _, _ = swap_through_the_nodes(pack_nodes, clip, tfm.FLUX_DEV, distilled_guidance=2.0,
                                                   forget_guidance=True)
     error, control = (float((row - reconstruction).abs().max()) for row in (source_row, default_row))
-    print(f"\n[p2p text keys] flux dev at FluxGuidance 1: source row vs reconstruction {error:.1e}, "
+    print(f"\n[p2p text keys] flux dev inverted at distilled guidance 2: source row vs reconstruction {error:.1e}, "
           f"at the default 3.5 {control:.1e}")
     assert error <= SOURCE_ROW_MAX_ERROR
     assert control > 1e3 * SOURCE_ROW_MAX_ERROR
