@@ -18,8 +18,9 @@ time). For every setting it prints, over the 2 x count swaps:
   error against the image goes far below it, so 'plain / this' cannot exceed plain / floor.
 
 Settings: the plain regeneration (the edited prompt sampled from the same inverted noise, no
-injection), the two layout rules of attention/joint.py ("source image q, k", Shin et al. 2025;
-"source maps", the UNet controller's per-key map on the joint key axis) over step windows and block
+injection), the three layout rules of attention/joint.py ("source image q, k", Shin et al. 2025;
+"source maps", the UNet controller's per-key map on the joint key axis; "source image q, k, v", with the
+source's image values too, as Stable Flow's key-value injection) over step windows and block
 sets, and the mask over the swapped digit's half. Diagnostic rows (not P2P settings) give the edited rows
 the source's pooled prompt vector (Flux's ``y``, which modulates every block globally, as the
 UNet's GroupNorm statistics did on the UNet test-bed).
@@ -48,6 +49,7 @@ STEPS = 25
 SWAP_OFFSET = 5
 QK = "source image q, k"
 MAPS = "source maps"
+QKV = "source image q, k, v"
 PLAIN = "plain regeneration (no injection)"
 SOLVERS = ("euler", "fixed-point")  # the inversions P2P replays with one model call per step
 FIXED_POINT_ITERATIONS = 3  # 60.0 dB at 25 steps on the test-bed (FireFlow 60.7)
@@ -70,6 +72,9 @@ def edit_inputs(rule: str = QK, self_replace: float = 0.5, cross_replace: float 
 SETTINGS = {
     PLAIN: Setting(edit_inputs(self_replace=0.0, cross_replace=0.0)),
     **{f"q, k: self {w:g}, every block": Setting(edit_inputs(QK, w)) for w in (0.25, 0.5, 0.75, 0.9, 1.0)},
+    **{f"q, k, v: self {w:g}, every block": Setting(edit_inputs(QKV, w)) for w in (0.25, 0.5, 0.75, 0.9, 1.0)},
+    "q, k, v: self 0.75, double blocks": Setting(edit_inputs(QKV, 0.75, blocks="double 0-1")),
+    "q, k, v: self 0.75, single blocks": Setting(edit_inputs(QKV, 0.75, blocks="single 0-1")),
     "q, k: self 0.5, double blocks": Setting(edit_inputs(QK, 0.5, blocks="double 0-1")),
     "q, k: self 0.5, single blocks": Setting(edit_inputs(QK, 0.5, blocks="single 0-1")),
     **{f"maps: self {w:g}, cross 0.8, every block": Setting(edit_inputs(MAPS, w)) for w in (0.25, 0.5, 0.75, 1.0)},
