@@ -15,6 +15,10 @@ where ``alpha`` is 1 for the tokens whose cross-replace window holds the current
 * Reweight: ``replace = base * equalizer`` with ``base`` a previous edit's replacement, or
   ``attn_src`` when there is none.
 
+When the keys hold several tokenizations of the prompt one after another (SD3's CLIP-L/G rows,
+then its T5 rows; :meth:`~.tokens.TokenizedPrompt.from_segments`), word swap and refine map each
+tokenization on its own and the padding between them to itself.
+
 Every one of these acts on the key (token) axis only, linearly, so each edit is stored as a pair
 ``(C, d)`` with ``replace = attn_src @ C + attn_edit * d``: ``C`` is ``[keys, keys]`` and ``d``
 is ``[keys]``. With the step's ``alpha`` the edited map becomes
@@ -148,6 +152,16 @@ class WordSwap:
             PromptEditError: the word counts differ, or the prompts' tokens differ outside the
                 swapped words (an unchanged word tokenized differently, chunks broken elsewhere).
         """
+        links: list[tuple[int, int, float]] = []
+        for start, source_part, target_part, length in _paired_tokenizations(source, target):
+            part = cls._from_one_tokenization(source_part, target_part)
+            links.extend((start + s, start + t, weight) for s, t, weight in part.links)
+            if length is not None:  # the padding of a tokenization that more keys follow
+                links.extend((start + p, start + p, 1.0) for p in range(part.content_length, length))
+        return cls(tuple(links), start + part.content_length)
+
+    @classmethod
+    def _from_one_tokenization(cls, source: TokenizedPrompt, target: TokenizedPrompt) -> WordSwap:
         swapped = set(swapped_word_indices(source.text, target.text))
         source_segments, target_segments = _segments(source), _segments(target)
         links: list[tuple[int, int, float]] = []
@@ -180,6 +194,26 @@ class WordSwap:
         tail = torch.arange(min(self.content_length, key_length), key_length)
         mapper[tail, tail] = 1.0
         return mapper, torch.zeros(key_length, dtype=torch.float64)
+
+
+def _paired_tokenizations(source: TokenizedPrompt, target: TokenizedPrompt
+                          ) -> list[tuple[int, TokenizedPrompt, TokenizedPrompt, int | None]]:
+    """``(start, source part, target part, length)`` per tokenization; ``length`` None for the last.
+
+    Raises:
+        PromptEditError: the prompts' tokenizations start at different key positions (one prompt
+            takes more token chunks than the other in a tokenization that more keys follow).
+    """
+    if source.segment_starts != target.segment_starts:
+        raise PromptEditError(
+            f"The source prompt {source.text!r} and the edited prompt {target.text!r} fill the text encoder's "
+            f"first tokenizations differently (they start at key positions {list(source.segment_starts)} and "
+            f"{list(target.segment_starts)}): one prompt takes another token chunk. Shorten the longer prompt or "
+            f"lengthen the shorter one so that both take the same number of chunks."
+        )
+    ends = (*source.segment_starts[1:], None)
+    return [(start, source_part, target_part, None if end is None else end - start)
+            for (start, source_part), (_, target_part), end in zip(source.segments(), target.segments(), ends)]
 
 
 def _segments(prompt: TokenizedPrompt) -> list[tuple[int | None, tuple[int, ...]]]:
@@ -225,10 +259,19 @@ class Refine:
 
     @classmethod
     def from_prompts(cls, source: TokenizedPrompt, target: TokenizedPrompt) -> Refine:
-        """Align the prompts' token ids over their content (see :func:`~.tokens.align_tokens`)."""
-        source_ids = source.token_ids[: source.content_length]
-        target_ids = target.token_ids[: target.content_length]
-        return cls(align_tokens(source_ids, target_ids))
+        """Align the prompts' token ids over their content (see :func:`~.tokens.align_tokens`).
+
+        Raises:
+            PromptEditError: the prompts' tokenizations start at different key positions.
+        """
+        mapper: list[int] = []
+        for start, source_part, target_part, length in _paired_tokenizations(source, target):
+            aligned = align_tokens(source_part.token_ids[: source_part.content_length],
+                                   target_part.token_ids[: target_part.content_length])
+            mapper.extend(NEW_TOKEN if position == NEW_TOKEN else start + position for position in aligned)
+            if length is not None:  # the padding of a tokenization that more keys follow maps to itself
+                mapper.extend(range(start + target_part.content_length, start + length))
+        return cls(tuple(mapper))
 
     def replacement(self, key_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(C, d)``: ``C[mapper[j], j] = 1`` where aligned, ``d = 1 - a`` (``a``: aligned or padding)."""

@@ -3,7 +3,7 @@
 These models have no cross attention: text and image tokens attend jointly, in one sequence
 ``[text tokens | image tokens | (reference tokens)]``. The edits of the UNet controller act here on
 the image queries of the edited rows (Hertz et al., ICLR 2023, on the image-to-text part of the
-joint map), and the layout is kept by one of two rules (:data:`LAYOUT_RULES`):
+joint map), and the layout is kept by one of three rules (:data:`LAYOUT_RULES`):
 
 * :data:`LAYOUT_SOURCE_QK` (Shin et al., "Exploring Multimodal Diffusion Transformers for Enhanced
   Prompt-based Image Editing", arXiv 2508.07519): in the chosen blocks and steps the edited row's
@@ -11,6 +11,11 @@ joint map), and the layout is kept by one of two rules (:data:`LAYOUT_RULES`):
   map of the edited row is then the source's exactly, while its image queries read its own prompt
   (the new word) through its own text keys. Word swap needs nothing else; reweight scales the
   reweighted words' values.
+* :data:`LAYOUT_SOURCE_QKV`: the same with the source's image values too (the key-value injection of
+  Stable Flow, Avrahami et al., CVPR 2025, on every image token): the edited row's image-to-image
+  attention output is then the source's, and only its own text keys and values (the new word) move
+  it. Keeps what the prompt does not name closer than q, k alone, at the price of weaker shape
+  changes while it runs.
 * :data:`LAYOUT_SOURCE_MAPS` (the UNet controller's per-key linear map, extended to the joint key
   axis): the edited row's image queries get ``attn_src @ C + attn_edit * d`` with ``C`` a block
   matrix (text block: the edit's map, e.g. the word swap's; image block: identity where the layout
@@ -35,7 +40,8 @@ from .edits import Reweight, StepWindow, blend_with_alpha
 
 LAYOUT_SOURCE_QK = "source image q, k"
 LAYOUT_SOURCE_MAPS = "source maps"
-LAYOUT_RULES = (LAYOUT_SOURCE_QK, LAYOUT_SOURCE_MAPS)
+LAYOUT_SOURCE_QKV = "source image q, k, v"
+LAYOUT_RULES = (LAYOUT_SOURCE_QK, LAYOUT_SOURCE_MAPS, LAYOUT_SOURCE_QKV)
 DEFAULT_LAYOUT_FRACTION = 0.5
 """Layout kept over the first half of the steps (the UNet's self-replace default)."""
 
@@ -159,6 +165,13 @@ def value_scale(edit: PromptEdit, alphas: torch.Tensor) -> torch.Tensor | None:
     return scale if bool((scale != 1).any()) else None
 
 
+def _with_source_image(tensor: torch.Tensor, edited: list[int], sources: list[int], layout: TokenLayout) -> torch.Tensor:
+    """A copy of ``tensor`` ``[rows, heads, L, dim]`` whose edited rows hold their source rows' image tokens."""
+    copy = tensor.clone()
+    copy[edited, :, layout.image] = tensor[sources, :, layout.image]
+    return copy
+
+
 class JointPromptToPrompt:
     """Attention controller of a Prompt-to-Prompt edit on joint attention.
 
@@ -231,13 +244,15 @@ class JointPromptToPrompt:
 
     def _source_qk(self, q, k, v, layout: TokenLayout, row_edits: list[_RowEdit], inject: bool,
                    attend: Attend) -> torch.Tensor:
-        """Shin et al.: the edited rows' image q, k are the source's; reweight scales the words' values."""
+        """Shin et al.: the edited rows' image q, k (and with :data:`LAYOUT_SOURCE_QKV` v) are the
+        source's; reweight scales the words' values."""
         if inject and row_edits:
-            q, k = q.clone(), k.clone()
             edited = [e.row for e in row_edits]
             sources = [e.source_row for e in row_edits]
-            q[edited, :, layout.image] = q[sources, :, layout.image]
-            k[edited, :, layout.image] = k[sources, :, layout.image]
+            q = _with_source_image(q, edited, sources, layout)
+            k = _with_source_image(k, edited, sources, layout)
+            if self.layout.rule == LAYOUT_SOURCE_QKV:
+                v = _with_source_image(v, edited, sources, layout)
         scales = [(e.row, value_scale(e.edit, e.alphas)) for e in row_edits]
         scales = [(row, scale) for row, scale in scales if scale is not None]
         if scales:

@@ -7,7 +7,11 @@ give: the token ids as they sit in the key sequence and the decoded text piece o
 
 * :func:`word_token_positions` maps the prompt's words (``text.split()``) to key positions by
   concatenating the pieces (a CLIP BPE piece such as ``"car</w>"`` ends a word; pieces without a
-  marker, ``"sun" + "flower</w>"``, join into one word; SentencePiece's ``"▁"`` is dropped).
+  marker, ``"sun" + "flower</w>"``, join into one word; SentencePiece's ``"▁"`` is dropped, and a
+  piece that is nothing but ``"▁"``, as T5 writes ``"a"`` = ``"▁" + "a"``, belongs to the next word).
+* A key sequence may hold several tokenizations of one prompt one after another (SD3's joint
+  attention: the CLIP-L/G rows, then the T5 rows): :meth:`TokenizedPrompt.from_segments` records
+  every word at its positions in each segment.
 * :func:`align_tokens` is the Needleman-Wunsch global alignment of the reference code
   (gap 0, match +1, mismatch -1): for each target token, its source index or -1.
 * :class:`TokenizedPrompt` bundles a prompt's text, ids and word positions and looks words up.
@@ -18,6 +22,8 @@ what to change.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,20 +73,23 @@ def word_token_positions(words: Sequence[str], pieces: Sequence[str | None]) -> 
     Returns:
         For each word, the positions of the tokens whose pieces spell it (case and markers
         ignored), e.g. ``["a", "sunflower"]`` with pieces
-        ``[None, "a</w>", "sun", "flower</w>", None]`` gives ``[(1,), (2, 3)]``.
+        ``[None, "a</w>", "sun", "flower</w>", None]`` gives ``[(1,), (2, 3)]`` and T5's
+        ``["▁", "a", "▁sunflower", "</s>"]`` (``None`` for ``"</s>"``) gives ``[(0, 1), (2,)]``.
 
     Raises:
         PromptEditError: the pieces do not spell the words (another prompt's tokens, or text the
             tokenizer rewrote).
     """
     text_tokens = [(position, normalise_text(piece)) for position, piece in enumerate(pieces) if piece is not None]
-    text_tokens = [(position, piece) for position, piece in text_tokens if piece]
     spelled = "".join(piece for _, piece in text_tokens)
     cursor = 0
     result: list[tuple[int, ...]] = []
     for word in words:
         target = normalise_text(word)
         collected, positions = "", []
+        while cursor < len(text_tokens) and not text_tokens[cursor][1]:  # a bare "▁" leads into the word
+            positions.append(text_tokens[cursor][0])
+            cursor += 1
         while len(collected) < len(target) and cursor < len(text_tokens):
             position, piece = text_tokens[cursor]
             collected += piece
@@ -93,8 +102,8 @@ def word_token_positions(words: Sequence[str], pieces: Sequence[str | None]) -> 
                 f"text, with None for start/end/padding tokens."
             )
         result.append(tuple(positions))
-    if cursor < len(text_tokens):
-        rest = "".join(piece for _, piece in text_tokens[cursor:])
+    rest = "".join(piece for _, piece in text_tokens[cursor:])
+    if rest:
         raise PromptEditError(
             f"Tokens spelling {rest!r} are left over after the prompt's words {list(words)!r}. Pass the pieces "
             f"of this very prompt's tokens, with None for start/end/padding tokens."
@@ -168,21 +177,24 @@ def _core_span(word: str) -> tuple[int, int]:
 class TokenizedPrompt:
     """A prompt with its tokens as they sit in the cross-attention key sequence.
 
-    Build it with :meth:`from_pieces`. Positions past :attr:`content_length` (padding) are mapped
-    to themselves by every edit; nothing here assumes 77 tokens.
+    Build it with :meth:`from_pieces` (one tokenization) or :meth:`from_segments` (several, one
+    after another). Positions past :attr:`content_length` (padding) are mapped to themselves by
+    every edit; nothing here assumes 77 tokens.
 
     Attributes:
         text: the prompt as the user wrote it.
         token_ids: token id per key position, from the first start token through the last end token
             (trailing padding may be included or left out).
         pieces: decoded text per key position, ``None`` for start/end/padding tokens.
-        word_positions: key positions of each word of :attr:`words`.
+        word_positions: key positions of each word of :attr:`words` (in every segment).
+        segment_starts: the key position where each tokenization starts (``(0,)``: one).
     """
 
     text: str
     token_ids: tuple[int, ...]
     pieces: tuple[str | None, ...]
     word_positions: tuple[tuple[int, ...], ...]
+    segment_starts: tuple[int, ...] = (0,)
 
     @classmethod
     def from_pieces(cls, text: str, token_ids: Sequence[int], pieces: Sequence[str | None]) -> TokenizedPrompt:
@@ -196,6 +208,42 @@ class TokenizedPrompt:
             raise ValueError(f"Got {len(token_ids)} token ids but {len(pieces)} pieces; give one piece per token.")
         positions = word_token_positions(prompt_words(text), pieces)
         return cls(text, tuple(int(t) for t in token_ids), tuple(pieces), tuple(positions))
+
+    @classmethod
+    def from_segments(cls, text: str, segments: Sequence[tuple[Sequence[int], Sequence[str | None]]]
+                      ) -> TokenizedPrompt:
+        """A key sequence holding several tokenizations of ``text`` one after another.
+
+        SD3's joint attention has the prompt's CLIP-L/G tokens (77 per chunk, padding included)
+        and then its T5 tokens as text keys; a word's positions are its tokens in every segment.
+
+        Args:
+            text: the prompt.
+            segments: per tokenization in key order, ``(token_ids, pieces)`` as for
+                :meth:`from_pieces`; every segment but the last includes its padding.
+
+        Raises:
+            ValueError: no segment, or a segment's ids and pieces differ in length.
+            PromptEditError: a segment's pieces do not spell the prompt's words.
+        """
+        if not segments:
+            raise ValueError("Give at least one tokenization (token ids and pieces) of the prompt.")
+        parts = [cls.from_pieces(text, token_ids, pieces) for token_ids, pieces in segments]
+        starts = tuple(itertools.accumulate((len(part.token_ids) for part in parts[:-1]), initial=0))
+        positions = tuple(
+            tuple(start + position for start, part in zip(starts, parts) for position in part.word_positions[word])
+            for word in range(len(parts[0].word_positions)))
+        return cls(text, tuple(itertools.chain.from_iterable(part.token_ids for part in parts)),
+                   tuple(itertools.chain.from_iterable(part.pieces for part in parts)), positions, starts)
+
+    def segments(self) -> tuple[tuple[int, TokenizedPrompt], ...]:
+        """``(start, prompt)`` per tokenization, each a one-segment prompt with positions from 0."""
+        ends = (*self.segment_starts[1:], len(self.token_ids))
+        return tuple(
+            (start, TokenizedPrompt(self.text, self.token_ids[start:end], self.pieces[start:end],
+                                    tuple(tuple(p - start for p in word if start <= p < end)
+                                          for word in self.word_positions)))
+            for start, end in zip(self.segment_starts, ends))
 
     @property
     def words(self) -> tuple[str, ...]:
@@ -244,8 +292,10 @@ class TokenizedPrompt:
         start, end = _core_span(word)
         if normalise_text(word)[start:end] != target:
             return None
-        kept, offset = [], 0
+        kept, offset, segment = [], 0, 0
         for position in self.word_positions[index]:
+            if bisect.bisect_right(self.segment_starts, position) != segment:  # the word spelled again
+                segment, offset = bisect.bisect_right(self.segment_starts, position), 0
             length = len(normalise_text(self.pieces[position] or ""))
             if offset < end and offset + length > start:
                 kept.append(position)

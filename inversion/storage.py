@@ -287,8 +287,8 @@ def _read_document(metadata: Optional[dict[str, str]]) -> dict[str, Any]:
     text = (metadata or {}).get(METADATA_KEY)
     if text is None:
         raise InversionFileError(
-            "This safetensors file is not an InvEdit inversion (it has no InvEdit metadata): pick a file "
-            f"saved by InvEdit Save Inversion (its name ends in {FILE_SUFFIX})."
+            "This safetensors file is not an InvEdit inversion (it has no InvEdit metadata): pick a saved "
+            f"inversion (its name ends in {FILE_SUFFIX})."
         )
     try:
         document = json.loads(text)

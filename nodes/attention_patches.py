@@ -35,7 +35,9 @@ from ..attention.joint import JointPromptToPrompt
 from ..inversion import SourcePin
 from ..inversion.masks import keep_outside
 from ..inversion.null_text import REFERENCE_GUIDANCE
+from ..inversion.solvers import SOLVER_EULER, SOLVER_FIXED_POINT
 from .checks import check_unet_attention
+from .conditioning import inversion_guidance, with_distilled_guidance
 from .errors import InvEditInputError
 from .guiders import InversionGuider
 from .schedules import step_for_sigma
@@ -211,6 +213,17 @@ def _check_single_image(record) -> None:
         )
 
 
+def _check_one_call_per_step(record) -> None:
+    """Refuse an inversion whose replay queries the model between the sampling sigmas (FireFlow)."""
+    if record.replay_solver != SOLVER_EULER:
+        raise InvEditInputError(
+            f"This inversion was made with the {record.replay_solver} solver, whose replay asks the model at "
+            "midpoints between the steps; Prompt-to-Prompt pairs each model call with one step of the inversion. "
+            f"Invert with solver '{SOLVER_FIXED_POINT}' instead (with fixed_point_iterations 3 nearly as accurate "
+            "as FireFlow at the same step count, at more inversion calls; replayed by one call per step) or 'euler'."
+        )
+
+
 class P2PGuider(InversionGuider):
     """Samples an INVERSION's source row and its edited rows in one batch with P2P attention.
 
@@ -229,6 +242,7 @@ class P2PGuider(InversionGuider):
                  mask: Optional[torch.Tensor] = None):
         self.rows = 1 + len(controller.edits)
         _check_single_image(record)
+        _check_one_call_per_step(record)
         if isinstance(controller, JointPromptToPrompt):
             from .dit_patches import JointEditRun, dit_patched_model  # it builds on EditRun, defined here
 
@@ -240,6 +254,9 @@ class P2PGuider(InversionGuider):
             patched = patched_model(model, self.run)
         pin = SourcePin(record.step_targets(), (0,)) if record.pin_source else None
         self.hook = StepHook(controller, pin)
+        guidance = inversion_guidance(record)  # Flux dev: every row at the inversion's FluxGuidance, so the
+        if guidance is not None:               # source row reconstructs (P2P Edit's prompts carry none: 3.5)
+            positive, _ = with_distilled_guidance(model, positive, guidance)
         super().__init__(patched, record, positive, negative, cfg, mask)
 
     def _batch(self, latent: torch.Tensor, what: str) -> torch.Tensor:

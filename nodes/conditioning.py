@@ -10,6 +10,10 @@ import torch
 from .errors import InvEditInputError
 from .model_info import has_guidance_embedding
 
+GUIDANCE_OPTION = "guidance"
+"""The CONDITIONING option FluxGuidance writes: the distilled guidance a guidance-distilled model reads."""
+
+
 def single_entry(conditioning, what: str) -> tuple[torch.Tensor, dict]:
     """The ``(context [1, L, D], options)`` of a one-entry CONDITIONING, or a clear error."""
     if not isinstance(conditioning, list) or len(conditioning) != 1:
@@ -145,4 +149,11 @@ def with_distilled_guidance(model, conditioning, guidance: float) -> tuple[Any, 
     """
     if not has_guidance_embedding(model):
         return conditioning, None
-    return node_helpers.conditioning_set_values(conditioning, {"guidance": guidance}), guidance
+    return node_helpers.conditioning_set_values(conditioning, {GUIDANCE_OPTION: guidance}), guidance
+
+
+def inversion_guidance(record) -> Optional[float]:
+    """The distilled guidance the inversion's prompt carried (FluxGuidance), or None."""
+    positive = record.positive or []
+    values = [options[GUIDANCE_OPTION] for _, options in positive if options.get(GUIDANCE_OPTION) is not None]
+    return float(values[0]) if values else None

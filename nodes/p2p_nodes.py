@@ -99,7 +99,9 @@ class P2PEditSettings(io.ComfyNode):
                                tooltip="Flow transformers (Flux, SD3.5, Qwen-Image, Chroma): how edited rows keep the "
                                        "source's layout during self_replace. 'source image q, k' (Shin et al. 2025): "
                                        "their image queries and keys are the source's. 'source maps': their image "
-                                       "queries take the source's attention maps (word maps as the UNet edit)."),
+                                       "queries take the source's attention maps (word maps as the UNet edit). "
+                                       "'source image q, k, v': the image values too, so what the prompt does not "
+                                       "name stays closer (use a longer self_replace, e.g. 0.75)."),
                 io.String.Input("layout_blocks", default="", optional=True,
                                 tooltip="Flow transformers: blocks that keep the layout, e.g. 'double 0-3, single 5'. "
                                         "Empty: every block."),

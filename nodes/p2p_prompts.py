@@ -1,10 +1,13 @@
 """Prompts of a Prompt-to-Prompt edit, tokenized by the model's own text encoder, and the edit plan.
 
-Two text encoders are understood: a ComfyUI CLIP (SD1.x, SD2.x, SDXL; prompts of any length, in
-75-token chunks) and the test-bed's own encoder (``INVEDIT_TESTBED_TEXT``). Each gives, per prompt,
-the token ids as they sit in the cross-attention keys, the decoded piece of every token (``None``
-for start/end/padding tokens) and the encoded CONDITIONING; the pure library
-(:class:`~invedit.attention.TokenizedPrompt`) maps words to key positions from those.
+Two text encoders are understood: a ComfyUI CLIP and the test-bed's own encoder
+(``INVEDIT_TESTBED_TEXT``). Each gives, per prompt, the token ids as they sit in the model's text
+keys, the decoded piece of every token (``None`` for start/end/padding tokens) and the encoded
+CONDITIONING; the pure library (:class:`~invedit.attention.TokenizedPrompt`) maps words to key
+positions from those. Which of a CLIP's tokenizations become the text keys is one rule per text
+encoder (:func:`text_key_tokenizations`): SD1.x / SD2.x / SDXL cross attention reads the CLIP
+tokens (75-token chunks); Flux's joint attention the T5 tokens (CLIP-L gives only the pooled
+vector); Chroma's the T5 tokens; SD3's the CLIP-L/G tokens, then the T5 tokens.
 
 :class:`EditPlan` bundles what the sampling nodes need: the prompts, one conditioning row per
 batch row and the controller settings; :func:`build_edit_plan` makes one from node inputs.
@@ -89,70 +92,184 @@ def encode_testbed(text_encoder, text: str) -> EncodedPrompt:
     return EncodedPrompt(prompt, context, {} if pool is None else {"pooled_output": pool(context)})
 
 
-def _clip_piece(clip, token: int) -> str:
-    """The decoded vocabulary entry of one token (``"cat</w>"``)."""
-    return clip.tokenizer.untokenize([(token, NEUTRAL_WEIGHT)])[0][1]
+T5_TOKENS = "t5xxl"
+"""ComfyUI's name of the T5-XXL tokenization (Flux, SD3, Chroma)."""
+CLIP_TOKENS = ("l", "g")
+"""ComfyUI's names of the CLIP-L and CLIP-G tokenizations, in SD3's channel order."""
+T5_MIN_LENGTH_OPTION = T5_TOKENS + "_min_length"
+"""The tokenizer option that pads the T5 tokens to at least this many (ComfyUI's T5 tokenizers)."""
 
 
-def encode_clip(clip, text: str) -> EncodedPrompt:
-    """A prompt through a ComfyUI CLIP: its tokenizer's chunks, concatenated as the keys are.
+def _sub_tokenizer(clip, name: str):
+    """The tokenizer of one tokenization (``clip_l`` for ``"l"``, ``t5xxl``...) inside ComfyUI's composite."""
+    tokenizer = clip.tokenizer
+    return getattr(tokenizer, f"clip_{name}", None) or getattr(tokenizer, name, None) or tokenizer
+
+
+def _encoder_loaded(clip, name: str) -> bool:
+    """False only when the CLIP says it has no encoder for tokenization ``name`` (SD3 without T5)."""
+    model = getattr(clip, "cond_stage_model", None)
+    for attribute in (f"clip_{name}", name):
+        if hasattr(model, attribute):
+            return getattr(model, attribute) is not None
+    return True
+
+
+def text_key_tokenizations(clip, names) -> tuple[tuple[str, ...], ...]:
+    """The tokenizations whose tokens are the model's text keys, in key order, grouped by layout.
+
+    Each group is tokenizations that share one token layout and give one key row per token
+    together (SDXL's CLIP-L and CLIP-G rows are concatenated along the channels).
 
     Raises:
-        InvEditInputError: the prompt uses (word:weight) emphasis or an embedding, or the text
-            encoder's tokenizers disagree about the token positions.
+        InvEditInputError: the text encoder is one whose key layout is not known here.
     """
-    tokens = clip.tokenize(text, return_word_ids=True)
-    sequences = {}
-    for name, chunks in tokens.items():
-        flat = [entry for chunk in chunks for entry in chunk]
-        if any(not isinstance(entry[0], int) for entry in flat):
+    names = frozenset(names)
+    if T5_TOKENS not in names:
+        return (tuple(sorted(names)),)  # SD1.x, SD2.x, SDXL: the CLIP tokens, every tokenization alike
+    if names == {"l", T5_TOKENS}:
+        return ((T5_TOKENS,),)  # Flux: CLIP-L only gives the pooled vector
+    if names == {T5_TOKENS}:
+        return ((T5_TOKENS,),)  # Chroma, PixArt
+    if names == {*CLIP_TOKENS, T5_TOKENS}:  # SD3: the CLIP-L/G rows, then the T5 rows (those loaded)
+        clip_names = tuple(name for name in CLIP_TOKENS if _encoder_loaded(clip, name))
+        groups = ((clip_names,) if clip_names else ()) + (((T5_TOKENS,),) if _encoder_loaded(clip, T5_TOKENS) else ())
+        return groups or ((T5_TOKENS,),)
+    raise InvEditInputError(
+        f"Prompt-to-Prompt reads word positions from CLIP and T5 tokenizers (SD1.x, SD2.x, SDXL, Flux, SD3.5, "
+        f"Chroma); this text encoder tokenizes into {sorted(names)}. Use one of those models' text encoders."
+    )
+
+
+def _clip_piece(tokenizer, token: int) -> str:
+    """The decoded vocabulary entry of one token (``"cat</w>"``, ``"▁cat"``)."""
+    return tokenizer.untokenize([(token, NEUTRAL_WEIGHT)])[0][1]
+
+
+def _plain_words(text: str, entries: list) -> None:
+    """Refuse embeddings and (word:weight) emphasis, which Prompt-to-Prompt cannot place."""
+    if any(not isinstance(entry[0], int) for entry in entries):
+        raise InvEditInputError(
+            f"The prompt {text!r} uses a textual-inversion embedding; Prompt-to-Prompt needs plain words so it "
+            "can find each word's tokens. Write the words out instead of embedding:name."
+        )
+    if any(float(entry[1]) != NEUTRAL_WEIGHT for entry in entries):
+        raise InvEditInputError(
+            f"The prompt {text!r} uses (word:weight) emphasis or brackets. Prompt-to-Prompt finds words by "
+            "their tokens and reweights attention itself: remove the brackets and use the edit's reweight input."
+        )
+
+
+def _key_tokenization(clip, text: str, tokens: dict, group: tuple[str, ...]) -> tuple[list[int], list]:
+    """``(token ids, pieces)`` of one group of tokenizations that share a layout."""
+    flat = {name: [entry for chunk in tokens[name] for entry in chunk] for name in group}
+    for entries in flat.values():
+        _plain_words(text, entries)
+    first = group[0]
+    layout = [entry[2] != NON_WORD_ID for entry in flat[first]]
+    for name in group[1:]:
+        if [entry[2] != NON_WORD_ID for entry in flat[name]] != layout:
             raise InvEditInputError(
-                f"The prompt {text!r} uses a textual-inversion embedding; Prompt-to-Prompt needs plain words so it "
-                "can find each word's tokens. Write the words out instead of embedding:name."
+                f"The text encoder's tokenizers {first!r} and {name!r} place the words of {text!r} at different "
+                "key positions; Prompt-to-Prompt needs one token layout per key row."
             )
-        if any(float(entry[1]) != NEUTRAL_WEIGHT for entry in flat):
-            raise InvEditInputError(
-                f"The prompt {text!r} uses (word:weight) emphasis or brackets. Prompt-to-Prompt finds words by "
-                "their tokens and reweights attention itself: remove the brackets and use the edit's reweight input."
-            )
-        sequences[name] = flat
-    first_name, first = next(iter(sequences.items()))
-    layout = [(entry[2] != NON_WORD_ID) for entry in first]
-    for name, flat in sequences.items():
-        if [(entry[2] != NON_WORD_ID) for entry in flat] != layout:
-            raise InvEditInputError(
-                f"The text encoder's tokenizers {first_name!r} and {name!r} place the words of {text!r} at different "
-                "key positions; Prompt-to-Prompt needs one token layout (use an SD1.x, SD2.x or SDXL CLIP)."
-            )
-    token_ids = [int(entry[0]) for entry in first]
-    pieces = [_clip_piece(clip, token) if is_word else None for token, is_word in zip(token_ids, layout)]
+    token_ids = [int(entry[0]) for entry in flat[first]]
+    tokenizer = _sub_tokenizer(clip, first)
+    return token_ids, [_clip_piece(tokenizer, token) if is_word else None for token, is_word in zip(token_ids, layout)]
+
+
+@dataclass(frozen=True)
+class ClipTokens:
+    """A prompt tokenized by a ComfyUI CLIP: its text keys and the tokens to encode."""
+
+    prompt: TokenizedPrompt
+    tokens: dict
+
+    @property
+    def t5_length(self) -> int:
+        """T5 tokens of the prompt (0: none)."""
+        return sum(len(chunk) for chunk in self.tokens.get(T5_TOKENS, ()))
+
+
+def tokenize_clip(clip, text: str, t5_min_length: int | None = None) -> ClipTokens:
+    """A prompt's text keys under a ComfyUI CLIP (:func:`text_key_tokenizations`).
+
+    Raises:
+        InvEditInputError: the prompt uses emphasis or an embedding, the text encoder's tokenizers
+            disagree about the positions, or ComfyUI's tokenizer rewrote the prompt.
+    """
+    options = {} if t5_min_length is None else {"tokenizer_options": {T5_MIN_LENGTH_OPTION: t5_min_length}}
+    tokens = clip.tokenize(text, return_word_ids=True, **options)
+    segments = [_key_tokenization(clip, text, tokens, group) for group in text_key_tokenizations(clip, tokens)]
     try:
-        prompt = TokenizedPrompt.from_pieces(text, token_ids, pieces)
+        prompt = TokenizedPrompt.from_segments(text, segments)
     except PromptEditError as error:
         raise InvEditInputError(
             f"{error} (ComfyUI's tokenizer rewrote the prompt {text!r}: write it without special characters.)"
         ) from error
-    conditioning = clip.encode_from_tokens_scheduled(tokens)
+    return ClipTokens(prompt, tokens)
+
+
+def encode_clip_tokens(clip, tokenized: ClipTokens) -> EncodedPrompt:
+    """Encode a tokenized prompt; its context has one row per text key.
+
+    Raises:
+        InvEditInputError: the CLIP carries scheduled hooks, or its context rows are not the keys
+            the tokenizations say.
+    """
+    conditioning = clip.encode_from_tokens_scheduled(tokenized.tokens)
     if len(conditioning) != 1:
         raise InvEditInputError(
             "The CLIP carries scheduled hooks (several conditionings per prompt); Prompt-to-Prompt needs one: "
             "remove the CLIP hook nodes."
         )
     context, options = conditioning[0]
-    if context.shape[1] != len(token_ids):
+    prompt = tokenized.prompt
+    if context.shape[1] != len(prompt.token_ids):
         raise InvEditInputError(
-            f"The text encoder gave {context.shape[1]} context rows for {len(token_ids)} tokens of {text!r}; "
-            "Prompt-to-Prompt needs one context row per token (an SD1.x, SD2.x or SDXL CLIP)."
+            f"The text encoder gave {context.shape[1]} context rows for the {len(prompt.token_ids)} text-key tokens "
+            f"of {prompt.text!r}; Prompt-to-Prompt needs one context row per token (the text encoders of SD1.x, "
+            "SD2.x, SDXL, Flux, SD3.5 or Chroma)."
         )
     return EncodedPrompt(prompt, context, dict(options))
 
 
-def encode_prompt(text_encoder, text: str) -> EncodedPrompt:
-    """Tokenize and encode ``text`` with a ComfyUI CLIP or the test-bed text encoder."""
+def encode_clip(clip, text: str) -> EncodedPrompt:
+    """A prompt through a ComfyUI CLIP: its tokens as they sit in the model's text keys, and its encoding."""
+    return encode_clip_tokens(clip, tokenize_clip(clip, text))
+
+
+def encode_clip_prompts(clip, texts: Sequence[str]) -> list[EncodedPrompt]:
+    """Prompts (source first) through a ComfyUI CLIP, edited prompts' T5 tokens padded to the source's.
+
+    Flux pads T5 to 256 tokens and SD3 to 77; Chroma's T5 does not pad, so a shorter edited prompt
+    gets the T5 tokenizer's padding up to the source's length (and batches with it). The source is
+    never re-tokenized: it must encode as it did for the inversion.
+
+    Raises:
+        InvEditInputError: an edited prompt takes more T5 tokens than the source prompt.
+    """
+    tokenized = [tokenize_clip(clip, text) for text in texts]
+    source_length = tokenized[0].t5_length
+    for text, tokens in zip(texts[1:], tokenized[1:]):
+        if tokens.t5_length > source_length:
+            raise InvEditInputError(
+                f"The edited prompt {text!r} takes {tokens.t5_length} T5 tokens, the source prompt {texts[0]!r} "
+                f"{source_length}; the rows batch only at one length. Shorten the edited prompt, or pad the source: "
+                f"put ComfyUI's T5TokenizerOptions (t5xxl min_length >= {tokens.t5_length}) on the CLIP that feeds "
+                "both the inversion's prompt and P2P Edit."
+            )
+    tokenized = [tokenized[0], *(tokenize_clip(clip, text, t5_min_length=source_length) if t.t5_length < source_length
+                                 else t for text, t in zip(texts[1:], tokenized[1:]))]
+    return [encode_clip_tokens(clip, t) for t in tokenized]
+
+
+def encode_prompts(text_encoder, texts: Sequence[str]) -> list[EncodedPrompt]:
+    """Tokenize and encode ``texts`` (source first) with a ComfyUI CLIP or the test-bed text encoder."""
     if _is_testbed_encoder(text_encoder):
-        return encode_testbed(text_encoder, text)
+        return [encode_testbed(text_encoder, text) for text in texts]
     if _is_clip(text_encoder):
-        return encode_clip(text_encoder, text)
+        return encode_clip_prompts(text_encoder, texts)
     raise InvEditInputError(
         f"Expected a CLIP (Load Checkpoint) or the test-bed's text encoder, got {type(text_encoder).__name__}."
     )
@@ -353,7 +470,7 @@ def build_edit_plan(text_encoder, source_prompt: str, target_prompts: str, mode:
     targets = [line.strip() for line in target_prompts.splitlines() if line.strip()]
     if not source_prompt.strip() or not targets:
         raise InvEditInputError("Write the source prompt and at least one edited prompt (one per line).")
-    encoded = [encode_prompt(text_encoder, text) for text in [source_prompt.strip(), *targets]]
+    encoded = encode_prompts(text_encoder, [source_prompt.strip(), *targets])
     source = encoded[0].prompt
     scales = parse_reweight(reweight)
     windows = parse_windows(word_windows)

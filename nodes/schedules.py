@@ -63,7 +63,8 @@ def step_for_sigma(sigma: torch.Tensor, sampling_sigmas: torch.Tensor) -> int:
             f"The sampler asked the model for sigma {value:.6g}, which is not one of this inversion's "
             f"{queried.numel()} sampling sigmas ({levels}, ...). Sample with the inversion's own SIGMAS output "
             "(same steps and scheduler) and a deterministic sampler that only visits those levels "
-            "(ddim, euler, InvEdit Replay Sampler)."
+            "(ddim, euler, InvEdit Replay Sampler with solver euler; FireFlow's calls between the levels cannot "
+            "carry a mask or a Prompt-to-Prompt edit)."
         )
     return int(matches[0, 0])
 

@@ -214,7 +214,7 @@ class LoadInversion(io.ComfyNode):
                        else "The output folder holds no saved inversions: save one with InvEdit Save Inversion first.")
             raise InvEditInputError(f"No inversion is saved as {name!r} (looked for {path}). {listing}") from None
         except storage.InversionFileError as error:
-            raise InvEditInputError(str(error)) from error
+            raise InvEditInputError(f"{error} Inversions are written by InvEdit Save Inversion.") from error
         _check_model(model, record, name)
         if latent is not None:
             _check_source_latent(_as_model_latent(model, latent), record, name)

@@ -725,11 +725,12 @@ class P2PParts:
 
 
 def p2p_sampled(source: Source, inversion_link: list, edit: NodeRef, layer_downsample: int, edit_title: str,
-                reference: NodeRef | list, reference_shown: Shown, save_prefix: str | None) -> P2PParts:
-    """InvEdit P2P Sample: the source row scored, the edit shown, the word maps shown."""
+                reference: NodeRef | list, reference_shown: Shown, save_prefix: str | None,
+                cfg: float = EDIT_GUIDANCE) -> P2PParts:
+    """InvEdit P2P Sample at ``cfg``: the source row scored, the edit shown, the word maps shown."""
     workflow, g = source.workflow, source.workflow.graph
     sample = workflow.title_node(g.node("InvEditP2PSample", model=source.model, inversion=inversion_link, edit=edit,
-                                        cfg=EDIT_GUIDANCE), "P2P Sample")
+                                        cfg=cfg), "P2P Sample")
     maps = workflow.title_node(g.node("InvEditP2PAttentionMaps", maps=sample.out(2), layer_downsample=layer_downsample),
                                "Attention maps")
     maps_shown = workflow.size(workflow.title_node(g.node("PreviewImage", images=maps), "Word maps"), WORD_MAPS_SIZE)
@@ -1015,12 +1016,22 @@ FLUX_DEV = FlowPhotoModel("Flux - ", "Flux dev", 1.0, FLUX_EDIT_GUIDANCE)
 SD35 = FlowPhotoModel("SD3.5 - ", "SD3.5 Medium", FLOW_EDIT_GUIDANCE, None)
 
 
-def flux_dev_source(workflow: ExampleWorkflow, prompt: str,
-                    source_guidance: float | None = FLUX_INVERSION_GUIDANCE) -> Source:
+def prompt_text(workflow: ExampleWorkflow, prompt: str | NodeRef) -> tuple[str | list, tuple[NodeRef, ...]]:
+    """``(text or link, nodes to show)`` of a source prompt given as text or as a node whose STRING output gives
+    it (one text shared by the inversion's prompt and P2P Edit)."""
+    if isinstance(prompt, NodeRef):
+        return prompt.out(0), (prompt,)
+    return prompt, ()
+
+
+def flux_dev_source(workflow: ExampleWorkflow, prompt: str | NodeRef,
+                    source_guidance: float | None = FLUX_INVERSION_GUIDANCE,
+                    style: InversionStyle = FLOW_PHOTO_STYLE) -> Source:
     """Flux dev through ComfyUI's UNETLoader, DualCLIPLoader and VAELoader; ModelSamplingFlux sets the shift for
     the example photo's size, the source prompt gets FluxGuidance ``source_guidance`` (the inversion's; None: no
     FluxGuidance node, for a node that writes the guidance itself, like the FlowEdit Guider's presets)."""
     g = workflow.graph
+    text_value, prompt_nodes = prompt_text(workflow, prompt)
     unet = with_model_files(workflow, g.node("UNETLoader", unet_name=FLUX_CHECKPOINT, weight_dtype="default"),
                             FLUX_CHECKPOINT)
     clip = with_model_files(workflow, g.node("DualCLIPLoader", clip_name1="clip_l.safetensors",
@@ -1032,7 +1043,8 @@ def flux_dev_source(workflow: ExampleWorkflow, prompt: str,
     model = workflow.title_node(g.node("ModelSamplingFlux", model=unet.out(0), max_shift=FLUX_MAX_SHIFT,
                                        base_shift=FLUX_BASE_SHIFT, width=EXAMPLE_IMAGE_SIZE, height=EXAMPLE_IMAGE_SIZE),
                                 "Shift for the photo's size")
-    text = workflow.size(workflow.title_node(g.node("CLIPTextEncode", clip=clip.out(0), text=prompt), "Source prompt"),
+    text = workflow.size(workflow.title_node(g.node("CLIPTextEncode", clip=clip.out(0), text=text_value),
+                                             "Encode source prompt" if prompt_nodes else "Source prompt"),
                          TEXT_ENCODE_SIZE)
     positive = text
     if source_guidance is not None:
@@ -1042,14 +1054,15 @@ def flux_dev_source(workflow: ExampleWorkflow, prompt: str,
                                                      "Empty prompt"))
     latent = workflow.title_node(g.node("VAEEncode", pixels=photo.out(0), vae=vae.out(0)), "Encode photo")
     return Source(workflow, model.out(0), photo.out(0), latent.out(0), positive, negative,
-                  lambda samples: g.node("VAEDecode", samples=samples, vae=vae.out(0)), clip.out(0), prompt,
-                  ((unet, clip, vae), (photo, model), tuple(dict.fromkeys((text, positive, negative, latent)))),
-                  style=FLOW_PHOTO_STYLE)
+                  lambda samples: g.node("VAEDecode", samples=samples, vae=vae.out(0)), clip.out(0), text_value,
+                  ((unet, clip, vae), (photo, model),
+                   tuple(dict.fromkeys((*prompt_nodes, text, positive, negative, latent)))), style=style)
 
 
-def sd35_source(workflow: ExampleWorkflow, prompt: str) -> Source:
+def sd35_source(workflow: ExampleWorkflow, prompt: str | NodeRef, style: InversionStyle = FLOW_PHOTO_STYLE) -> Source:
     """SD3.5 Medium through ComfyUI's CheckpointLoaderSimple (model, VAE) and TripleCLIPLoader (CLIP-L, CLIP-G, T5)."""
     g = workflow.graph
+    text_value, prompt_nodes = prompt_text(workflow, prompt)
     checkpoint = with_model_files(workflow, g.node("CheckpointLoaderSimple", ckpt_name=SD35_CHECKPOINT),
                                   SD35_CHECKPOINT)
     clip = with_model_files(workflow, g.node("TripleCLIPLoader", clip_name1="clip_l.safetensors",
@@ -1057,14 +1070,15 @@ def sd35_source(workflow: ExampleWorkflow, prompt: str) -> Source:
                             "clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors")
     photo = workflow.size(workflow.title_node(g.node("LoadImage", image=EXAMPLE_IMAGE), "Photo (source)"),
                           PHOTO_LOAD_IMAGE_SIZE)
-    positive = workflow.size(workflow.title_node(g.node("CLIPTextEncode", clip=clip.out(0), text=prompt),
-                                                 "Source prompt"), TEXT_ENCODE_SIZE)
+    positive = workflow.size(workflow.title_node(g.node("CLIPTextEncode", clip=clip.out(0), text=text_value),
+                                                 "Encode source prompt" if prompt_nodes else "Source prompt"),
+                             TEXT_ENCODE_SIZE)
     negative = workflow.size(workflow.title_node(g.node("CLIPTextEncode", clip=clip.out(0), text=""), "Empty prompt"),
                              TEXT_ENCODE_SIZE)
     latent = workflow.title_node(g.node("VAEEncode", pixels=photo.out(0), vae=checkpoint.out(2)), "Encode photo")
     return Source(workflow, checkpoint.out(0), photo.out(0), latent.out(0), positive, negative,
-                  lambda samples: g.node("VAEDecode", samples=samples, vae=checkpoint.out(2)), clip.out(0), prompt,
-                  ((checkpoint, clip), (photo,), (positive, negative, latent)), style=FLOW_PHOTO_STYLE)
+                  lambda samples: g.node("VAEDecode", samples=samples, vae=checkpoint.out(2)), clip.out(0), text_value,
+                  ((checkpoint, clip), (photo,), (*prompt_nodes, positive, negative, latent)), style=style)
 
 
 def flow_photo(model: FlowPhotoModel, source: Source, files_note: str) -> ExampleWorkflow:
@@ -1127,6 +1141,74 @@ def sd35_flow_edit() -> ExampleWorkflow:
         f"Needs SD3.5 Medium: `{SD35_CHECKPOINT}` (models/checkpoints; its model and VAE) and `clip_l.safetensors`, "
         "`clip_g.safetensors`, `t5xxl_fp16.safetensors` (models/text_encoders); when one is missing ComfyUI lists "
         "it with its download link."))
+
+
+# Prompt-to-Prompt on the joint attention of Flux dev and SD3.5 photos (issue 15)
+
+FLOW_P2P_PHOTO_STYLE = InversionStyle("Fixed-point", {"scheduler": FLOW_AUTO_SCHEDULER, "solver": "fixed-point",
+                                                      "fixed_point_iterations": 3}, FLOW_PHOTO_STEPS)
+FLOW_P2P_PHOTO_CFG = 1.0  # every row at the inversion's guidance: the source row is the reconstruction
+FLOW_P2P_MAP_DOWNSAMPLE = 2  # joint-attention word maps are the image patches: the latent / 2
+FLOW_P2P_PHOTO_EDIT = P2P_PHOTO_EDITS["word_swap"]  # girl -> cat, as the SD 1.5 word swap
+FLOW_P2P_PHOTO_NOTES = (
+    " Load your image in **Photo (source)** and describe it in **Source prompt** (one text, used by the inversion "
+    "and by the edit). **Fixed-point Inversion (cfg 1)** inverts it at guidance 1 ({steps} steps, 3 fixed-point "
+    "iterations a step: nearly FireFlow's accuracy, and replayed with one model call per step, which "
+    "Prompt-to-Prompt needs; it refuses a FireFlow inversion). **P2P Edit** holds the edit, *girl* → *cat*, with "
+    "the words found in the text encoder's own tokens ({keys}). **P2P Sample** samples the source and the edited "
+    "prompt in one batch at cfg {cfg:g}{guidance}: during `self_replace` the edited row takes the source's image "
+    "queries and keys in every joint-attention block (`layout_rule` *source image q, k*, Shin et al. 2025), so the "
+    "layout stays while the image follows the edited prompt. Give P2P Sample a MASK to keep the photo exactly "
+    "outside it.\n\n**{compare}**: the source (after a plain VAE round trip), **Reconstruction** (the source "
+    "prompt's row of the batch) with its PSNR, the edit; **Word maps** shows where each word attends. Not run in "
+    "InvEdit's tests: random-weight files of this size do not fit them, so ComfyUI validates the graph with its "
+    "real loaders, and P2P Edit is run on these prompts with the real tokenizers (the test-bed versions, *Digits - "
+    "flow P2P ...*, run in the tests).")
+
+
+def flow_p2p_photo(model: FlowPhotoModel, make_source: Callable[[ExampleWorkflow, NodeRef], Source], files_note: str,
+                   keys: str, guidance: str) -> ExampleWorkflow:
+    """A photo inverted with the fixed-point solver at guidance 1 and edited with joint-attention Prompt-to-Prompt
+    (girl -> cat) by P2P Sample; the edit is saved."""
+    workflow = ExampleWorkflow(Graph(), model.prefix + "P2P word swap",
+                               f"Prompt-to-Prompt on joint attention: girl -> cat, the layout kept ({model.name})",
+                               f"P2P word swap of a photo ({model.name})", "")
+    g = workflow.graph
+    prompt = workflow.size(workflow.title_node(g.node("PrimitiveStringMultiline", value=EXAMPLE_IMAGE_PROMPT),
+                                               "Source prompt"), TEXT_ENCODE_SIZE)
+    source = make_source(workflow, prompt)
+    reference, reference_shown = photo_reference(source)
+    inversion = ddim_inversion(source)
+    edit = p2p_edit(source, **FLOW_P2P_PHOTO_EDIT)
+    parts = p2p_sampled(source, inversion.out(1), edit, FLOW_P2P_MAP_DOWNSAMPLE, P2P_EDIT_TITLES["word_swap_photo"],
+                        reference, reference_shown, f"InvEdit/{model.prefix.split()[0].lower()}_p2p_word_swap",
+                        cfg=FLOW_P2P_PHOTO_CFG)
+    workflow.notes = files_note + FLOW_P2P_PHOTO_NOTES.format(steps=FLOW_PHOTO_STEPS, keys=keys, cfg=FLOW_P2P_PHOTO_CFG,
+                                                              guidance=guidance, compare=COMPARE_CAPTION)
+    workflow.row(source.group(reference_shown.plumbing), workflow.group("Invert (fixed-point, cfg 1)", inversion))
+    parts.second_row(workflow)
+    return workflow
+
+
+@example("flux_dev_p2p_word_swap")
+def flux_dev_p2p_word_swap() -> ExampleWorkflow:
+    return flow_p2p_photo(FLUX_DEV, lambda workflow, prompt: flux_dev_source(workflow, prompt,
+                                                                             style=FLOW_P2P_PHOTO_STYLE), (
+        f"Needs Flux dev: `{FLUX_CHECKPOINT}` (models/diffusion_models), `clip_l.safetensors` and "
+        "`t5xxl_fp16.safetensors` (models/text_encoders), `ae.safetensors` (models/vae); when one is missing ComfyUI "
+        "lists it with its download link. **Shift for the photo's size** sets Flux's time shift for the image size "
+        f"(set its width and height to your photo's; {EXAMPLE_IMAGE_SIZE} for the example)."),
+        "Flux's text keys are its T5 tokens; CLIP-L gives only the pooled vector",
+        f" and every row at the inversion's FluxGuidance ({FLUX_INVERSION_GUIDANCE:g}, **Guidance 1 (source)**)")
+
+
+@example("sd35_p2p_word_swap")
+def sd35_p2p_word_swap() -> ExampleWorkflow:
+    return flow_p2p_photo(SD35, lambda workflow, prompt: sd35_source(workflow, prompt, style=FLOW_P2P_PHOTO_STYLE), (
+        f"Needs SD3.5 Medium: `{SD35_CHECKPOINT}` (models/checkpoints; its model and VAE) and `clip_l.safetensors`, "
+        "`clip_g.safetensors`, `t5xxl_fp16.safetensors` (models/text_encoders); when one is missing ComfyUI lists "
+        "it with its download link."),
+        "SD3's text keys are its 77 CLIP-L/G tokens, then its T5 tokens: a word is edited in both", "")
 
 
 # Inversion-free and noise-recording edits (issue 16): FlowEdit on the flow test-bed, edit-friendly

@@ -6,6 +6,9 @@
 * :class:`SeededClip` - a real ComfyUI tokenizer with a seeded per-token embedding;
   :class:`FakeSDXLClip` is ComfyUI's SDXL tokenizer (clip_g and clip_l) with width 2048 and a
   pooled output of 1280 (what CLIPTextEncode gives SDXL), without the 800M-parameter encoders.
+* :func:`probe_clip` / :func:`family_clip` (:data:`PROBES`) - real ComfyUI CLIPs of Flux, SD3 and Chroma: ComfyUI's own tokenizers
+  and composite text models (whose encode orders and concatenates the encoders' outputs), each encoder
+  stood in for by a seeded embedding per token id (:func:`token_embedding`), so a context row names its token.
 * :func:`tiny_sd2_model` - the SD2.x attention layout: linear projections in the transformers,
   heads of fixed width, attention in float32, v-prediction.
 
@@ -24,6 +27,10 @@ import comfy.sd
 import comfy.sd1_clip
 import comfy.sdxl_clip
 import comfy.supported_models
+import comfy.text_encoders.flux
+import comfy.text_encoders.pixart_t5
+import comfy.text_encoders.sd3_clip
+import tiny_flow_models as tfm
 import tiny_models
 
 TINY_CLIP_CONFIG = {
@@ -139,3 +146,91 @@ def tiny_sd2_model(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
         out.weight.mul_(tiny_models.V_OUTPUT_STD / math.sqrt(out.weight[0].numel()))
         model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Flux, SD3 and Chroma text encoders: ComfyUI's tokenizers and composite models over seeded token embeddings
+
+CLIP_L_WIDTH, CLIP_G_WIDTH = 768, 1280
+ENCODER_SEEDS = {"l": 1, "g": 2, "t5xxl": 3}  # one embedding table per encoder: equal ids in two vocabularies differ
+SEED_STRIDE = 1_000_003
+
+
+def token_embedding(name: str, token: int, width: int) -> torch.Tensor:
+    """The stand-in encoder ``name``'s row for ``token``: seeded, so a row names its token."""
+    generator = torch.Generator().manual_seed(ENCODER_SEEDS[name] * SEED_STRIDE + token)
+    return torch.randn(width, generator=generator)
+
+
+class SeededTokenEncoder(torch.nn.Module):
+    """Stands in for one text encoder (CLIP-L, CLIP-G, T5-XXL): one seeded row per token, in token order."""
+
+    def __init__(self, name: str, width: int, pooled_width: int | None = None) -> None:
+        super().__init__()
+        self.name, self.width, self.pooled_width = name, width, pooled_width
+
+    def set_clip_options(self, options) -> None:
+        pass
+
+    def reset_clip_options(self) -> None:
+        pass
+
+    def encode_token_weights(self, token_weight_pairs):
+        tokens = [int(entry[0]) for chunk in token_weight_pairs for entry in chunk]
+        rows = torch.stack([token_embedding(self.name, token, self.width) for token in tokens])[None]
+        pooled = None if self.pooled_width is None else torch.full((1, self.pooled_width), float(len(tokens)) / 100)
+        return rows, pooled
+
+
+class ProbeFluxClipModel(comfy.text_encoders.flux.FluxClipModel):
+    """ComfyUI's FluxClipModel (its encode orders the outputs) over stand-in CLIP-L and T5-XXL."""
+
+    def __init__(self, device="cpu", dtype=None, model_options={}):
+        torch.nn.Module.__init__(self)
+        self.clip_l = SeededTokenEncoder("l", CLIP_L_WIDTH, CLIP_L_WIDTH)
+        self.t5xxl = SeededTokenEncoder("t5xxl", tfm.T5_WIDTH)
+        self.dtypes = {torch.float32}
+
+
+def probe_sd3_model(clip_l: bool = True, clip_g: bool = True, t5: bool = True):
+    class ProbeSD3ClipModel(comfy.text_encoders.sd3_clip.SD3ClipModel):
+        """ComfyUI's SD3ClipModel over stand-in CLIP-L, CLIP-G and T5-XXL (those loaded)."""
+
+        def __init__(self, device="cpu", dtype=None, model_options={}):
+            torch.nn.Module.__init__(self)
+            self.clip_l = SeededTokenEncoder("l", CLIP_L_WIDTH, CLIP_L_WIDTH) if clip_l else None
+            self.clip_g = SeededTokenEncoder("g", CLIP_G_WIDTH, CLIP_G_WIDTH) if clip_g else None
+            self.t5xxl = SeededTokenEncoder("t5xxl", tfm.T5_WIDTH) if t5 else None
+            self.t5_attention_mask = False
+            self.dtypes = {torch.float32}
+
+    return ProbeSD3ClipModel
+
+
+class ProbeChromaClipModel(comfy.text_encoders.pixart_t5.PixArtT5XXL):
+    """ComfyUI's PixArtT5XXL (Chroma's text model) over a stand-in T5-XXL."""
+
+    def __init__(self, device="cpu", dtype=None, model_options={}):
+        torch.nn.Module.__init__(self)
+        self.clip_name = self.clip = "t5xxl"
+        self.t5xxl = SeededTokenEncoder("t5xxl", tfm.T5_WIDTH)
+        self.dtypes = {torch.float32}
+
+
+PROBES = {  # family: (text model, ComfyUI tokenizer, the tiny flow model of that family)
+    "flux": (ProbeFluxClipModel, comfy.text_encoders.flux.FluxTokenizer, tfm.FLUX_DEV),
+    "sd35": (probe_sd3_model(), comfy.text_encoders.sd3_clip.SD3Tokenizer, tfm.SD35),
+    "chroma": (ProbeChromaClipModel, comfy.text_encoders.pixart_t5.PixArtTokenizer, tfm.CHROMA),
+}
+
+
+def probe_clip(text_model, tokenizer) -> comfy.sd.CLIP:
+    """A real ``comfy.sd.CLIP`` of ``text_model`` (one of the probe models above) and a ComfyUI ``tokenizer``."""
+    target = type("ProbeTarget", (), {"params": {}, "clip": text_model, "tokenizer": tokenizer})
+    cpu = torch.device("cpu")
+    return comfy.sd.CLIP(target, model_options={"dtype": torch.float32, "load_device": cpu, "offload_device": cpu})
+
+
+def family_clip(family: str) -> comfy.sd.CLIP:
+    """The probe CLIP of ``family`` (a key of :data:`PROBES`)."""
+    return probe_clip(*PROBES[family][:2])

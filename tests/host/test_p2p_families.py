@@ -80,8 +80,8 @@ def test_every_block_is_hooked_and_the_source_row_is_untouched(pack_nodes, inver
     assert {call[0] for call in controller.calls} == set(blocks)
     assert len(controller.calls) == STEPS * len(blocks)  # one joint call per block and step; image-only ones pass
     with torch.inference_mode():
-        reconstruction = pack_nodes["InvEditReconstruct"].execute(
-            model=model, positive=tfm.tiny_flow_conditioning(family, 1), inversion=record, cfg=1.0).result[0]["samples"]
+        reconstruction = pack_nodes["InvEditReconstruct"].execute(  # the prompt as inverted (Flux dev: guidance 1)
+            model=model, positive=record.positive, inversion=record, cfg=1.0).result[0]["samples"]
     error = float((edited[:1] - reconstruction).abs().max())
     print(f"\n[p2p families] {family} {rule}: {len(blocks)} blocks, source row vs reconstruction {error:.1e}, "
           f"edited row moved {float((edited[1:] - plain[1:]).abs().max()):.3f}")

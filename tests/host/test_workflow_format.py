@@ -715,6 +715,68 @@ def test_flowedit_photo_validation_refuses_a_missing_model_file(tmp_path: Path, 
     assert files[0][1] in str(refusal.value)
 
 
+# Prompt-to-Prompt on Flux dev and SD3.5 photos (issue 15): validated like the flow photo workflows above, and P2P
+# Edit runs on the workflow's own prompts under ComfyUI's real Flux and SD3 tokenizers (p2p_models.family_clip).
+FLOW_P2P_PHOTO_WORKFLOWS = {  # id: (loaders, the text encoder's family in p2p_models.PROBES)
+    "flux_dev_p2p_word_swap": ({"UNETLoader", "DualCLIPLoader", "VAELoader", "ModelSamplingFlux", "FluxGuidance"},
+                               "flux"),
+    "sd35_p2p_word_swap": ({"CheckpointLoaderSimple", "TripleCLIPLoader"}, "sd35"),
+}
+FLOW_P2P_PHOTO_NODES = {"PrimitiveStringMultiline", "LoadImage", "VAEEncode", "CLIPTextEncode", "InvEditDDIMInversion",
+                        "InvEditP2PEdit", "InvEditP2PSample", "InvEditP2PAttentionMaps", "VAEDecode",
+                        "InvEditReconstructionError", "SaveImage"}
+
+
+def test_flow_p2p_photo_workflows_are_the_photo_p2p_examples():
+    assert sorted(FLOW_P2P_PHOTO_WORKFLOWS) == sorted(
+        name for name in workflow_specs.EXAMPLES if "_p2p_" in name and name.split("_")[0] in ("flux", "sd35"))
+
+
+@pytest.mark.parametrize("name", sorted(FLOW_P2P_PHOTO_WORKFLOWS))
+def test_flow_p2p_photo_workflow_validates_with_comfyui_loaders(tmp_path: Path, definitions, name):
+    """ComfyUI's validation passes with the real loaders, and the edit is wired as P2P on joint attention needs it:
+    a fixed-point inversion at guidance 1 (P2P refuses FireFlow), P2P Sample on that inversion at cfg 1, one source
+    text for the inversion's prompt and P2P Edit."""
+    loaders, _ = FLOW_P2P_PHOTO_WORKFLOWS[name]
+    files = model_files(name)
+    assert files, "the loaders list their files with download links"
+    prompt = validated_prompt(tmp_path, definitions, name, files)
+    used = {node["class_type"] for node in prompt.values()}
+    assert loaders | FLOW_P2P_PHOTO_NODES <= used
+    inversion_id = first_node(prompt, "InvEditDDIMInversion")
+    inversion = prompt[inversion_id]["inputs"]
+    assert (inversion["solver"], inversion["fixed_point_iterations"], inversion["inversion_cfg"]) == ("fixed-point", 3,
+                                                                                                      1.0)
+    sample = prompt[first_node(prompt, "InvEditP2PSample")]["inputs"]
+    assert sample["inversion"] == [inversion_id, 1] and sample["cfg"] == 1.0
+    edit = prompt[first_node(prompt, "InvEditP2PEdit")]["inputs"]
+    text = edit["source_prompt"]
+    assert prompt[text[0]]["class_type"] == "PrimitiveStringMultiline"
+    assert [text] == [node["inputs"]["text"] for node in prompt.values()
+                      if node["class_type"] == "CLIPTextEncode" and node["inputs"]["text"] != ""]
+
+
+@pytest.mark.parametrize("name", sorted(FLOW_P2P_PHOTO_WORKFLOWS))
+def test_flow_p2p_photo_edit_finds_its_words_in_the_models_text_keys(pack_nodes, definitions, name):
+    """P2P Edit with the workflow's inputs under the model's real tokenizers: the swapped word sits in the text keys
+    the model reads (Flux: 256 T5 keys; SD3: 77 CLIP-L/G keys, then 77 T5 keys: the word in both)."""
+    _, family = FLOW_P2P_PHOTO_WORKFLOWS[name]
+    prompt = shipped_prompt(name, definitions)
+    inputs = dict(prompt[first_node(prompt, "InvEditP2PEdit")]["inputs"])
+    inputs["source_prompt"] = prompt[inputs["source_prompt"][0]]["inputs"]["value"]
+    inputs["text_encoder"] = p2p_models.family_clip(family)
+    with torch.inference_mode():
+        plan = pack_nodes["InvEditP2PEdit"].execute(**inputs).result[0]
+    source, edited = plan.prompts
+    assert (source.text, edited.text) == (workflow_specs.EXAMPLE_IMAGE_PROMPT, inputs["edited_prompts"])
+    keys = plan.conditioning[0][0].shape[1]
+    girl = source.positions_of("girl")
+    if family == "flux":
+        assert keys == 256 and len(girl) == 1
+    else:
+        assert keys == 154 and len(girl) == 2 and girl[0] < 77 <= girl[1]
+
+
 @pytest.mark.parametrize("name", P2P_PHOTO_WORKFLOWS)
 def test_photo_p2p_edit_builds_with_the_sd1_tokenizer(pack_nodes, definitions, name):
     """The edit's prompts and words fit each other under ComfyUI's SD1 tokenizer (the real CLIP

@@ -2,7 +2,7 @@
 
 The references follow the equations literally in float64: ``softmax(Q K^T / sqrt(d))`` over the joint
 sequence ``[text | image | references]``; for "source image q, k" (Shin et al. 2025) the edited row's image
-queries and keys are the source's before the softmax; for "source maps" the edited row's image-query maps
+queries and keys are the source's before the softmax (and its image values with "source image q, k, v"); for "source maps" the edited row's image-query maps
 are ``attn_src @ C + attn_edit * d`` with ``C`` the block matrix written out here (text block: the word
 swap's mapper, worked by hand in test_attention_controller; image block: identity) and ``d`` zero on the
 injected keys. Source rows and unconditional chunks must come out bit for bit as plain attention.
@@ -24,6 +24,7 @@ from invedit.attention.joint import (
     FAMILY_SD3,
     LAYOUT_SOURCE_MAPS,
     LAYOUT_SOURCE_QK,
+    LAYOUT_SOURCE_QKV,
     JointContext,
     JointPromptToPrompt,
     LayoutInjection,
@@ -106,6 +107,27 @@ def test_source_qk_gives_the_edited_rows_the_source_image_to_image_logits(chunks
     # Control: outside the window (step 6 of 10 > 0.5) the edited rows are plain attention.
     late = controller(q, k, v, context(chunks, layout, step=6), attend)
     assert torch.equal(late, plain)
+
+
+def test_source_qkv_gives_the_edited_rows_the_source_image_to_image_output():
+    """With the source's image values as well, the edited row's image-query output is the source's image-to-image
+    attention plus its own text keys and values, written out with the explicit softmax; q, k alone (the control)
+    keeps the edited row's own image values and differs."""
+    layout = token_layout(FAMILY_FLUX, N_KEYS, IMAGE)
+    q, k, v = qkv(2, N_KEYS + IMAGE + REFERENCES)
+    window = StepWindow(0.0, 0.5)
+    out = JointPromptToPrompt([swap_edit()], layout=LayoutInjection(LAYOUT_SOURCE_QKV, window))(
+        q, k, v, context((0,), layout), attend)
+    image = layout.image
+    q_e, k_e, v_e = q[1].clone(), k[1].clone(), v[1].clone()
+    q_e[:, image], k_e[:, image], v_e[:, image] = q[0][:, image], k[0][:, image], v[0][:, image]
+    expected = explicit_maps(q_e, k_e) @ v_e.double()
+    assert torch.equal(out[0], attend(q, k, v)[0])
+    assert torch.allclose(out[1].double(), expected, atol=TOLERANCE)
+    keys_only = JointPromptToPrompt([swap_edit()], layout=LayoutInjection(LAYOUT_SOURCE_QK, window))(
+        q, k, v, context((0,), layout), attend)
+    assert not torch.allclose(keys_only[1].double(), expected, atol=1e-2)
+    assert torch.equal(v[1], qkv(2, N_KEYS + IMAGE + REFERENCES)[2][1])  # the caller's values are not changed
 
 
 def joint_block_map(layout: TokenLayout, length: int, inject: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -231,3 +231,88 @@ def test_per_word_cross_windows():
     assert torch.equal(alphas[:, 9], alphas[:, 0])  # padding follows the default
     with pytest.raises(PromptEditError):
         CrossSchedule.from_words(target, words={"blue": 0.5})
+
+
+# --- T5 pieces and several tokenizations in one key sequence (Flux, Chroma, SD3) ----------------
+
+T5_EOS, T5_PAD = 1, 0
+# T5's SentencePiece pieces as ComfyUI's T5 tokenizer gives them: "a" is a bare "▁" then "a".
+T5_PIECES = {"a": ["\u2581", "a"], "cat": ["\u2581cat"], "dog": ["\u2581dog"], "red": ["\u2581red"],
+             "on": ["\u2581on"], "car": ["\u2581car"], "car.": ["\u2581car", "."],
+             "hippopotamus": ["\u2581hip", "pop", "otamus"]}
+T5_IDS = {piece: 100 + i for i, piece in enumerate(sorted({p for ps in T5_PIECES.values() for p in ps}))}
+
+
+def t5_tokens(text: str, length: int) -> tuple[list[int], list[str | None]]:
+    """T5 tokens of ``text``: the words' pieces, the end token, padding to ``length`` (no start token)."""
+    pieces: list[str | None] = [piece for word in text.split() for piece in T5_PIECES[word]]
+    ids = [T5_IDS[p] for p in pieces] + [T5_EOS] + [T5_PAD] * (length - len(pieces) - 1)
+    return ids, pieces + [None] * (length - len(pieces))
+
+
+def clip_tokens(text: str, length: int) -> tuple[list[int], list[str | None]]:
+    prompt = clip_prompt(text, padding=length - len(clip_prompt(text).token_ids))
+    return list(prompt.token_ids), list(prompt.pieces)
+
+
+def test_a_bare_sentencepiece_marker_belongs_to_the_next_word():
+    # Written out: "a" = [▁, a] (positions 0, 1), "red" = [▁red] (2), "car." = [▁car, .] (3, 4).
+    pieces = ["\u2581", "a", "\u2581red", "\u2581car", ".", None, None]
+    assert word_token_positions(["a", "red", "car."], pieces) == [(0, 1), (2,), (3, 4)]
+    # A trailing bare marker is not text: nothing is left over; a wrong word still fails.
+    assert word_token_positions(["a"], ["\u2581", "a", "\u2581"]) == [(0, 1)]
+    with pytest.raises(PromptEditError, match="do not spell"):
+        word_token_positions(["a", "dog"], pieces)
+
+
+def test_two_tokenizations_record_each_word_in_both():
+    # SD3's text keys: 8 CLIP rows (start, words, end, padding), then 6 T5 rows.
+    clip, t5 = clip_tokens("a red car.", 8), t5_tokens("a red car.", 6)
+    prompt = TokenizedPrompt.from_segments("a red car.", [clip, t5])
+    assert prompt.segment_starts == (0, 8)
+    assert prompt.token_ids == tuple(clip[0] + t5[0])
+    # CLIP: a=1, red=2, car.=(3, 4); T5 after the 8 CLIP rows: a=(8, 9), red=10, car.=(11, 12).
+    assert prompt.word_positions == ((1, 8, 9), (2, 10), (3, 4, 11, 12))
+    assert prompt.positions_of("car") == (3, 11)  # the punctuation's tokens left out in both tokenizations
+    assert prompt.positions_of("red car.") == (2, 3, 4, 10, 11, 12)
+    assert [(start, part.word_positions) for start, part in prompt.segments()] == [
+        (0, ((1,), (2,), (3, 4))), (8, ((0, 1), (2,), (3, 4)))]
+    assert prompt.content_length == 14  # through the T5 end token
+    with pytest.raises(ValueError, match="at least one"):
+        TokenizedPrompt.from_segments("a red car.", [])
+
+
+def test_word_swap_over_two_tokenizations_maps_each_and_keeps_the_padding_between():
+    # "a cat on a car" -> "a hippopotamus on a car": 1 CLIP token -> 3, 1 T5 token -> 3.
+    source_text, target_text = "a cat on a car", "a hippopotamus on a car"
+    source = TokenizedPrompt.from_segments(source_text, [clip_tokens(source_text, 10), t5_tokens(source_text, 12)])
+    target = TokenizedPrompt.from_segments(target_text, [clip_tokens(target_text, 10), t5_tokens(target_text, 12)])
+    mapper, _ = WordSwap.from_prompts(source, target).replacement(22)
+    expected = torch.zeros(22, 22, dtype=torch.float64)
+    # CLIP part: start, a, cat -> hip popo tamus (1/3 each), on, a, car, end; its padding (9) to itself.
+    for s, t in [(0, 0), (1, 1), (3, 5), (4, 6), (5, 7), (6, 8), (9, 9)]:
+        expected[s, t] = 1.0
+    expected[2, 2:5] = 1.0 / 3.0
+    # T5 part from key 10: ▁ a, ▁cat -> ▁hip pop otamus, ▁on, ▁ a, ▁car, end; the edited prompt's padding
+    # (20, 21) to itself.
+    for s, t in [(10, 10), (11, 11), (13, 15), (14, 16), (15, 17), (16, 18), (17, 19), (20, 20), (21, 21)]:
+        expected[s, t] = 1.0
+    expected[12, 12:15] = 1.0 / 3.0
+    assert torch.equal(mapper, expected)
+    # Negative control: the same keys read as one tokenization are refused (the CLIP padding sits where
+    # the edited prompt has its T5 words), rather than mapped wrongly.
+    flat = [TokenizedPrompt.from_pieces(text, prompt.token_ids, prompt.pieces[:10] + (None,) * 12)
+            for text, prompt in ((source_text, source), (target_text, target))]
+    assert not torch.equal(WordSwap.from_prompts(*flat).replacement(22)[0], expected)
+
+
+def test_refine_over_two_tokenizations_aligns_each():
+    # "a car" -> "a red car": "red" is new in both tokenizations.
+    source = TokenizedPrompt.from_segments("a car", [clip_tokens("a car", 6), t5_tokens("a car", 5)])
+    target = TokenizedPrompt.from_segments("a red car", [clip_tokens("a red car", 6), t5_tokens("a red car", 5)])
+    # CLIP [start a car end pad pad] -> [start a red car end pad]; T5 from 6: [▁ a ▁car end pad] ->
+    # [▁ a ▁red ▁car end]. The CLIP padding after the edited prompt's end maps to itself.
+    assert Refine.from_prompts(source, target).mapper == (0, 1, -1, 2, 3, 5, 6, 7, -1, 8, 9)
+    longer = TokenizedPrompt.from_segments("a red car", [clip_tokens("a red car", 7), t5_tokens("a red car", 5)])
+    with pytest.raises(PromptEditError, match="another token chunk"):
+        Refine.from_prompts(source, longer)
