@@ -35,7 +35,6 @@ Writes ``p2p_testbed.md`` to the output folder.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import sys
@@ -45,7 +44,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from comfy_headless import REPO_ROOT, boot_with_pack, inversion_options  # noqa: E402
+from comfy_headless import boot_with_pack, inversion_options  # noqa: E402
+from testbed_swaps import parse_args  # noqa: E402
 
 STEPS = 50
 CFG = 7.5
@@ -122,7 +122,7 @@ class ControllerView:
         from invedit.attention.context import COND
 
         if self.uncond_self and not context.site.is_cross:
-            context = dataclasses.replace(context, cond_or_uncond=tuple(COND for _ in context.cond_or_uncond))
+            context = dataclasses.replace(context, chunks=tuple(COND for _ in context.chunks))
         out = self.controller(q, k, v, context)
         return self._forced(out, context) if self.forced_outputs else out
 
@@ -132,7 +132,7 @@ class ControllerView:
         height, width = context.site.query_shape
         rows = context.rows_per_chunk(out.shape[0])
         grid = out.view(out.shape[0], height, width, -1).clone()
-        for chunk, kind in enumerate(context.cond_or_uncond):
+        for chunk, kind in enumerate(context.chunks):
             if self.forced_outputs == "cond" and kind != COND:
                 continue
             source = chunk * rows
@@ -284,13 +284,7 @@ def markdown(rows: dict, facts: dict, count: int, seed: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=8, help="held-out canvases (two swaps each)")
-    parser.add_argument("--seed", type=int, default=11, help="held-out canvas seed (the test's: 11)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__)
     nodes = boot_with_pack("invedit-bench-")
     with torch.inference_mode():
         rows, facts = measure(nodes.NODE_CLASS_MAPPINGS, args.count, args.seed)
