@@ -75,50 +75,6 @@ def testbed_session(nodes_map, loader_id: str, count: int, seed: int) -> tuple:
             negative)
 
 
-def measure(nodes_map, metrics, count: int, seed: int) -> dict:
-    """{method: {metric: value}} averaged over ``count`` held-out canvases."""
-    (encode, to_latent, to_image, reconstruct, invert, null_text, negative_prompt, direct, model, text_encoder,
-     images, prompts, negative) = testbed_session(nodes_map, "InvEditTestbedModelLoader", count, seed)
-    sums: dict[str, dict[str, float]] = {}
-
-    def add(method: str, values: dict) -> None:
-        row = sums.setdefault(method, {})
-        for key, value in values.items():
-            row[key] = row.get(key, 0.0) + value / count
-
-    for index, prompt in enumerate(prompts.splitlines()):
-        image = images[index:index + 1]
-        positive = encode.execute(text_encoder=text_encoder, text=prompt).result[0]
-        latent = to_latent.execute(image=image).result[0]
-        _, record, _ = invert.execute(model=model, positive=positive, negative=negative, latent=latent, steps=STEPS,
-                                      inversion_cfg=1.0, scheduler="ddim_uniform", clean_level="zero",
-                                      **inversion_options()).result
-
-        def score(candidate) -> dict:
-            start = time.perf_counter()
-            rebuilt = reconstruct.execute(model=model, positive=positive, negative=negative, inversion=candidate,
-                                          cfg=GUIDANCE).result[0]
-            seconds = time.perf_counter() - start
-            result = to_image.execute(latent=rebuilt, scale=1).result[0].movedim(-1, 1)
-            scores = metrics.reconstruction_scores(image.movedim(-1, 1), result)
-            return {"MSE": float(scores.mse.mean()), "PSNR": float(scores.psnr.clamp(max=99.0).mean()),
-                    "sampling s": seconds}
-
-        add(PLAIN, score(record))
-        add("negative-prompt", score(negative_prompt.execute(inversion=record, empty_prompt_weight=0.0).result[0]))
-        add("negative-prompt, 20 % empty prompt",
-            score(negative_prompt.execute(inversion=record, empty_prompt_weight=0.2).result[0]))
-        for method, settings in NULL_TEXT_VARIANTS.items():
-            optimised = null_text.execute(model=model, inversion=record, **settings).result[0]
-            report = optimised.unconditioning.report
-            add(method, {**score(optimised), "gradient steps": report["total_gradient_steps"],
-                         "optimisation s": report["seconds"]})
-        add("direct inversion", score(direct.execute(inversion=record).result[0]))
-    for row in sums.values():
-        row["MSE ratio (DDIM / method)"] = sums[PLAIN]["MSE"] / row["MSE"] if row["MSE"] > 0 else None
-    return sums
-
-
 class Averages:
     """Running per-image means of each row's figures: ``rows[row][metric]``."""
 
@@ -132,18 +88,60 @@ class Averages:
             sums[key] = sums.get(key, 0.0) + value / self.count
 
 
+def inverted_canvas(session: tuple, index: int, prompt: str, scheduler: str) -> tuple:
+    """``(image [1, H, W, 1], positive, record)``: held-out canvas ``index`` DDIM-inverted at guidance 1."""
+    (encode, to_latent, _, _, invert, _, _, _, model, text_encoder, images, _, negative) = session
+    image = images[index:index + 1]
+    positive = encode.execute(text_encoder=text_encoder, text=prompt).result[0]
+    latent = to_latent.execute(image=image).result[0]
+    _, record, _ = invert.execute(model=model, positive=positive, negative=negative, latent=latent, steps=STEPS,
+                                  inversion_cfg=1.0, scheduler=scheduler, clean_level="zero",
+                                  **inversion_options()).result
+    return image, positive, record
+
+
+def measure(nodes_map, metrics, count: int, seed: int) -> dict:
+    """{method: {metric: value}} averaged over ``count`` held-out canvases."""
+    session = testbed_session(nodes_map, "InvEditTestbedModelLoader", count, seed)
+    (_, _, to_image, reconstruct, _, null_text, negative_prompt, direct, model, _, _, prompts, negative) = session
+    averages = Averages(count)
+    for index, prompt in enumerate(prompts.splitlines()):
+        image, positive, record = inverted_canvas(session, index, prompt, "ddim_uniform")
+
+        def score(candidate) -> dict:
+            start = time.perf_counter()
+            rebuilt = reconstruct.execute(model=model, positive=positive, negative=negative, inversion=candidate,
+                                          cfg=GUIDANCE).result[0]
+            seconds = time.perf_counter() - start
+            result = to_image.execute(latent=rebuilt, scale=1).result[0].movedim(-1, 1)
+            scores = metrics.reconstruction_scores(image.movedim(-1, 1), result)
+            return {"MSE": float(scores.mse.mean()), "PSNR": float(scores.psnr.clamp(max=99.0).mean()),
+                    "sampling s": seconds}
+
+        averages.add(PLAIN, score(record))
+        averages.add("negative-prompt",
+                     score(negative_prompt.execute(inversion=record, empty_prompt_weight=0.0).result[0]))
+        averages.add("negative-prompt, 20 % empty prompt",
+                     score(negative_prompt.execute(inversion=record, empty_prompt_weight=0.2).result[0]))
+        for method, settings in NULL_TEXT_VARIANTS.items():
+            optimised = null_text.execute(model=model, inversion=record, **settings).result[0]
+            report = optimised.unconditioning.report
+            averages.add(method, {**score(optimised), "gradient steps": report["total_gradient_steps"],
+                                  "optimisation s": report["seconds"]})
+        averages.add("direct inversion", score(direct.execute(inversion=record).result[0]))
+    sums = averages.rows
+    for row in sums.values():
+        row["MSE ratio (DDIM / method)"] = sums[PLAIN]["MSE"] / row["MSE"] if row["MSE"] > 0 else None
+    return sums
+
+
 def measure_flow(nodes_map, metrics, count: int, seed: int) -> dict:
     """{"cfg w": {method: {metric: value}}} on the flow test-bed, averaged over ``count`` held-out canvases."""
-    (encode, to_latent, to_image, reconstruct, invert, null_text, negative_prompt, direct, model, text_encoder,
-     images, prompts, negative) = testbed_session(nodes_map, "InvEditTestbedFlowModelLoader", count, seed)
+    session = testbed_session(nodes_map, "InvEditTestbedFlowModelLoader", count, seed)
+    (_, _, to_image, reconstruct, _, null_text, negative_prompt, direct, model, _, _, prompts, negative) = session
     tables = {guidance: Averages(count) for guidance in FLOW_GUIDANCES}
     for index, prompt in enumerate(prompts.splitlines()):
-        image = images[index:index + 1]
-        positive = encode.execute(text_encoder=text_encoder, text=prompt).result[0]
-        latent = to_latent.execute(image=image).result[0]
-        _, record, _ = invert.execute(model=model, positive=positive, negative=negative, latent=latent, steps=STEPS,
-                                      inversion_cfg=1.0, scheduler="auto", clean_level="zero",
-                                      **inversion_options()).result
+        image, positive, record = inverted_canvas(session, index, prompt, "auto")
 
         def score(candidate, guidance: float) -> dict:
             rebuilt = reconstruct.execute(model=model, positive=positive, negative=negative, inversion=candidate,

@@ -42,8 +42,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from comfy_headless import REPO_ROOT, boot_with_pack, inversion_options  # noqa: E402
+from comfy_headless import boot_with_pack, inversion_options  # noqa: E402
 from p2p_testbed import FIGURES, add_swap_figures, table_lines  # noqa: E402
+from testbed_swaps import parse_args  # noqa: E402
 
 STEPS = 25
 SWAP_OFFSET = 5
@@ -201,17 +202,15 @@ def markdown(rows: dict, facts: dict, count: int, seed: int, cfg: float, solver:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=8, help="held-out canvases (two swaps each)")
-    parser.add_argument("--seed", type=int, default=11, help="held-out canvas seed")
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The edit's and the inversion's guidance and the inversion solver."""
     parser.add_argument("--cfg", type=float, default=1.0, help="guidance of the edit")
     parser.add_argument("--solver", choices=SOLVERS, default=SOLVERS[0], help="inversion solver")
     parser.add_argument("--inversion-cfg", type=float, default=1.0, help="guidance of the inversion")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+
+
+def main() -> None:
+    args = parse_args(__doc__, add_options)
     nodes = boot_with_pack("invedit-bench-")
     with torch.inference_mode():
         rows, facts = measure(nodes.NODE_CLASS_MAPPINGS, args.count, args.seed, args.cfg, args.solver,

@@ -1,5 +1,6 @@
-"""Shared parts of the test-bed swap benchmarks (flowedit_testbed.py, ddpm_testbed.py): arguments, the encoded
-swaps of testbed/edits.py on a shipped test-bed model, and the results table."""
+"""Shared parts of the test-bed swap benchmarks (flowedit_testbed.py, ddpm_testbed.py, p2p_testbed.py,
+p2p_flow_testbed.py): arguments, the encoded swaps of testbed/edits.py on a shipped test-bed model, and the results
+table."""
 
 from __future__ import annotations
 
@@ -18,13 +19,16 @@ TABLE_HEAD = ["| setting | swapped digit reads new | other digit keeps class | o
               "|---|---|---|---|---|"]
 
 
-def parse_args(doc: str) -> argparse.Namespace:
-    """``--count`` canvases of ``--seed`` (the P2P benchmark's 8 and 11), ``--threads``, ``--out``."""
+def parse_args(doc: str, add_options: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """``--count`` canvases of ``--seed`` (the P2P benchmark's 8 and 11), ``--threads``, ``--out`` and what
+    ``add_options`` adds; sets torch's thread count."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--count", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--count", type=int, default=8, help="held-out canvases (two swaps each)")
+    parser.add_argument("--seed", type=int, default=11, help="held-out canvas seed")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
+    if add_options is not None:
+        add_options(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     return args

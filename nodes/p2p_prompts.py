@@ -127,10 +127,8 @@ def text_key_tokenizations(clip, names) -> tuple[tuple[str, ...], ...]:
     names = frozenset(names)
     if T5_TOKENS not in names:
         return (tuple(sorted(names)),)  # SD1.x, SD2.x, SDXL: the CLIP tokens, every tokenization alike
-    if names == {"l", T5_TOKENS}:
-        return ((T5_TOKENS,),)  # Flux: CLIP-L only gives the pooled vector
-    if names == {T5_TOKENS}:
-        return ((T5_TOKENS,),)  # Chroma, PixArt
+    if names in ({"l", T5_TOKENS}, {T5_TOKENS}):
+        return ((T5_TOKENS,),)  # Flux (CLIP-L only gives the pooled vector), Chroma, PixArt
     if names == {*CLIP_TOKENS, T5_TOKENS}:  # SD3: the CLIP-L/G rows, then the T5 rows (those loaded)
         clip_names = tuple(name for name in CLIP_TOKENS if _encoder_loaded(clip, name))
         groups = ((clip_names,) if clip_names else ()) + (((T5_TOKENS,),) if _encoder_loaded(clip, T5_TOKENS) else ())

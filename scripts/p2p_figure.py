@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,32 +94,56 @@ def grid(rows: list[list[np.ndarray]]) -> np.ndarray:
     return join([join(row, axis=1) for row in rows], axis=0)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+@dataclass
+class FigureInputs:
+    """What a test-bed figure works on: its arguments, the booted nodes, a test-bed model and held-out canvases."""
+
+    args: argparse.Namespace
+    node: dict
+    model: Any
+    text_encoder: Any
+    canvases: torch.Tensor  # [count, C, H, W]
+    prompts: list[str]
+
+    def encode(self, text: str) -> list:
+        """CONDITIONING of ``text`` through the test-bed's text encoder."""
+        return self.node["InvEditTestbedTextEncode"].execute(text_encoder=self.text_encoder, text=text).result[0]
+
+
+def figure_inputs(doc: str, loader: str) -> FigureInputs:
+    """Read ``--count`` / ``--seed`` / ``--out``, boot ComfyUI with the pack (one thread) and load the test-bed
+    model of node ``loader`` and the held-out canvases (in inference mode)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--count", type=int, default=4, help="held-out canvases (one row each)")
     parser.add_argument("--seed", type=int, default=3, help="which held-out canvases")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "images")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    nodes = boot_with_pack("invedit-figure-")
-    from PIL import Image
-
+    node = boot_with_pack("invedit-figure-").NODE_CLASS_MAPPINGS
     from invedit.testbed import data
 
-    node = nodes.NODE_CLASS_MAPPINGS
     with torch.inference_mode():
-        model, text_encoder = node["InvEditTestbedModelLoader"].execute(verify=True).result
-        encode = lambda text: node["InvEditTestbedTextEncode"].execute(text_encoder=text_encoder,  # noqa: E731
-                                                                        text=text).result[0]
+        model, text_encoder = node[loader].execute(verify=True).result
         canvases, prompts, _ = data.heldout_canvases(args.count, seed=args.seed)
+    return FigureInputs(args, node, model, text_encoder, canvases, prompts)
+
+
+def main() -> None:
+    from PIL import Image
+
+    inputs = figure_inputs(__doc__, "InvEditTestbedModelLoader")
+    with torch.inference_mode():
+        node, model, text_encoder, encode, canvases = (inputs.node, inputs.model, inputs.text_encoder, inputs.encode,
+                                                       inputs.canvases)
         rows, first_maps = [], None
-        for index, prompt in enumerate(prompts):
+        for index, prompt in enumerate(inputs.prompts):
             latents, maps, edited = canvas_row(node, model, text_encoder, encode, canvases[index:index + 1], prompt)
             rows.append([to_pixels(node, latent) for latent in latents])
             print(f"{prompt!r} -> {edited!r}")
             first_maps = first_maps or maps
         word_maps = node["InvEditP2PAttentionMaps"].execute(maps=first_maps, layer_downsample=TESTBED_BLEND_DOWNSAMPLE,
                                                            cell_height=96, labels=True).result[0]
+    args = inputs.args
     args.out.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid(rows)).save(args.out / "p2p_testbed.png", optimize=True)
     Image.fromarray(np.asarray(word_maps[0].numpy() * WHITE, dtype=np.uint8)).save(args.out / "p2p_word_maps.png",

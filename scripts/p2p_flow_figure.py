@@ -14,15 +14,14 @@ the steps). Every image comes from the pack's nodes, run as ComfyUI runs them.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_headless import REPO_ROOT, boot_with_pack, inversion_options  # noqa: E402
-from p2p_figure import grid, swap_right_digit, to_pixels  # noqa: E402
+from comfy_headless import inversion_options  # noqa: E402
+from p2p_figure import figure_inputs, grid, swap_right_digit, to_pixels  # noqa: E402
 
 STEPS = 25
 CFG = 2.0
@@ -60,28 +59,18 @@ def canvas_row(node, model, text_encoder, encode, canvas, prompt):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=4, help="held-out canvases (one row each)")
-    parser.add_argument("--seed", type=int, default=3, help="which held-out canvases")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "images")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    nodes = boot_with_pack("invedit-figure-")
     from PIL import Image
 
-    from invedit.testbed import data
-
-    node = nodes.NODE_CLASS_MAPPINGS
+    inputs = figure_inputs(__doc__, "InvEditTestbedFlowModelLoader")
     with torch.inference_mode():
-        model, text_encoder = node["InvEditTestbedFlowModelLoader"].execute(verify=True).result
-        encode = lambda text: node["InvEditTestbedTextEncode"].execute(text_encoder=text_encoder,  # noqa: E731
-                                                                        text=text).result[0]
-        canvases, prompts, _ = data.heldout_canvases(args.count, seed=args.seed)
+        node, model, text_encoder, encode, canvases = (inputs.node, inputs.model, inputs.text_encoder, inputs.encode,
+                                                       inputs.canvases)
         rows = []
-        for index, prompt in enumerate(prompts):
+        for index, prompt in enumerate(inputs.prompts):
             latents, edited = canvas_row(node, model, text_encoder, encode, canvases[index:index + 1], prompt)
             rows.append([to_pixels(node, latent) for latent in latents])
             print(f"{prompt!r} -> {edited!r}")
+    args = inputs.args
     args.out.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid(rows)).save(args.out / "p2p_flow_testbed.png", optimize=True)
     print(f"Columns: {', '.join(COLUMNS)}. Written to {args.out}/p2p_flow_testbed.png")
